@@ -1,0 +1,58 @@
+//! Which policies, if any, govern the calling process.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    macros::map,
+    maps::HashMap,
+};
+use parapet_common::{CgroupPolicies, MAX_CGROUP_DEPTH, MAX_POLICED_CGROUPS};
+
+/// Policies per cgroup id, written by the agent for container and pod
+/// cgroups.
+#[map]
+static CGROUP_POLICIES: HashMap<u64, CgroupPolicies> =
+    HashMap::with_max_entries(MAX_POLICED_CGROUPS, 0);
+
+/// The policy entry that governs the current task.
+pub struct Policed {
+    /// Cgroup of the current task.
+    pub cgroup_id: u64,
+    /// Cgroup whose entry applies: the task's own or its nearest policed
+    /// ancestor's.
+    pub policed_cgroup_id: u64,
+    pub policies: &'static CgroupPolicies,
+}
+
+/// Finds the entry of the current task's cgroup, or else of its deepest
+/// ancestor that has one. Returns `None` for a process that no policy covers.
+#[inline(always)]
+pub fn current() -> Option<Policed> {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the agent only ever replaces whole values of this map, and a
+    // value is only read here, within one program run.
+    if let Some(policies) = unsafe { CGROUP_POLICIES.get(&cgroup_id) } {
+        return Some(Policed {
+            cgroup_id,
+            policed_cgroup_id: cgroup_id,
+            policies,
+        });
+    }
+    // Level 0 is the root cgroup, which the agent never puts under policy.
+    // A level deeper than the task's own returns 0.
+    let mut level = MAX_CGROUP_DEPTH as i32;
+    while level > 1 {
+        level -= 1;
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            continue;
+        }
+        if let Some(policies) = unsafe { CGROUP_POLICIES.get(&ancestor) } {
+            return Some(Policed {
+                cgroup_id,
+                policed_cgroup_id: ancestor,
+                policies,
+            });
+        }
+    }
+    None
+}

@@ -1,0 +1,202 @@
+//! The agent's local API: a Unix socket, readable by root only, that streams
+//! live events to `parapet tail`.
+//!
+//! Protocol: the client sends one JSON line, a `Request`. For `follow` the
+//! agent then sends one JSON line per matching event. When a client reads
+//! too slowly to keep up, the agent skips events for it rather than slow
+//! down, and sends a `{"missed": N}` line saying how many it skipped. For
+//! `status` the agent sends one `Status` line and closes the connection.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    event::{Event, VerdictName},
+    status::Status,
+};
+
+/// Default path of the API socket.
+pub const DEFAULT_SOCKET: &str = "/run/parapet/api.sock";
+
+/// Longest subscription line the agent reads.
+const MAX_REQUEST_BYTES: u64 = 4096;
+
+/// The one line a client sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Follow(Subscription),
+    Status {},
+}
+
+/// Builds the current status on request.
+pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
+
+/// What a client wants to receive. Absent filters match everything.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Also send allowed decisions, not only violations.
+    #[serde(default)]
+    pub include_allowed: bool,
+}
+
+impl Subscription {
+    pub fn matches(&self, event: &Event) -> bool {
+        (self.include_allowed || event.verdict != VerdictName::Allow)
+            && filter_matches(&self.namespace, &event.namespace)
+            && filter_matches(&self.pod, &event.pod)
+    }
+}
+
+fn filter_matches(filter: &Option<String>, value: &Option<String>) -> bool {
+    filter.is_none() || filter == value
+}
+
+/// A line the agent sends besides events.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Missed {
+    pub missed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("failed to create the API socket directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to bind the API socket {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket with root-only permissions: its directory is created
+/// with mode 0700 and the socket gets mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ApiError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    // A socket file left by an agent that died cannot be bound again.
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ApiError::Bind {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ApiError::Bind {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    info!(path = %path.display(), "serving the API socket");
+    Ok(listener)
+}
+
+/// Accepts clients until the listener fails.
+pub async fn serve(listener: UnixListener, events: broadcast::Sender<Arc<Event>>, status: StatusFn) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let receiver = events.subscribe();
+                let status = Arc::clone(&status);
+                tokio::spawn(async move {
+                    if let Err(error) = serve_client(stream, receiver, status).await {
+                        debug!(error = %error, "API client left");
+                    }
+                });
+            }
+            Err(error) => {
+                warn!(error = %error, "failed to accept an API client");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    mut receiver: broadcast::Receiver<Arc<Event>>,
+    status: StatusFn,
+) -> std::io::Result<()> {
+    let (read_half, mut write_half) = stream.into_split();
+    let mut request = String::new();
+    let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(read_half, MAX_REQUEST_BYTES));
+    let read = tokio::time::timeout(Duration::from_secs(5), limited.read_line(&mut request)).await;
+    let subscription = match read {
+        Ok(Ok(_)) => match serde_json::from_str(request.trim()) {
+            Ok(Request::Follow(subscription)) => subscription,
+            Ok(Request::Status {}) => {
+                let status = tokio::task::spawn_blocking(move || status())
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let line = serde_json::to_string(&status).map_err(std::io::Error::other)?;
+                write_half.write_all(format!("{line}\n").as_bytes()).await?;
+                return Ok(());
+            }
+            Err(error) => {
+                let reply = serde_json::json!({ "error": format!("invalid request: {error}") });
+                write_half.write_all(format!("{reply}\n").as_bytes()).await?;
+                return Ok(());
+            }
+        },
+        Ok(Err(error)) => return Err(error),
+        Err(_) => {
+            let reply = serde_json::json!({ "error": "no request line within 5 seconds" });
+            write_half.write_all(format!("{reply}\n").as_bytes()).await?;
+            return Ok(());
+        }
+    };
+    loop {
+        let line = match receiver.recv().await {
+            Ok(event) => {
+                if !subscription.matches(&event) {
+                    continue;
+                }
+                serde_json::to_string(&*event).map_err(std::io::Error::other)?
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                serde_json::to_string(&Missed { missed }).map_err(std::io::Error::other)?
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        write_half.write_all(line.as_bytes()).await?;
+        write_half.write_all(b"\n").await?;
+    }
+}

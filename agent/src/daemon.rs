@@ -1,0 +1,421 @@
+//! `parapet agent`: loads the kernel programs, keeps the kernel maps in line
+//! with the policies and the workloads on the node, and serves events,
+//! metrics and status.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::broadcast,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    api, cgroups,
+    cri::CriClient,
+    enforce::Enforcer,
+    kernel::Kernel,
+    metrics,
+    reader::{self, Namer},
+    status::{self, PolicyStatus, Status, WorkloadStatus},
+    identity::workload_identities,
+    watch::PolicyWatcher,
+};
+
+pub struct AgentOptions {
+    pub policy_dir: PathBuf,
+    pub cri_socket: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    pub metrics_address: SocketAddr,
+    pub api_socket: PathBuf,
+    pub node_name: Option<String>,
+}
+
+/// How often the agent looks for new and removed workloads.
+const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// How often it asks the runtime even when no cgroup changed, to catch
+/// label and name changes.
+const CRI_REFRESH: Duration = Duration::from_secs(2);
+/// How often it looks for policy changes.
+const POLICY_POLL: Duration = Duration::from_secs(1);
+/// Events kept for slow `tail` clients before they miss some.
+const EVENT_BACKLOG: usize = 4096;
+
+pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    let node = options.node_name.clone().unwrap_or_else(node_name);
+    let mut watcher = PolicyWatcher::new(options.policy_dir.clone());
+    let policies = watcher.load_initial().map_err(|errors| {
+        for error in &errors {
+            error!(error = %error, "invalid policy");
+        }
+        anyhow::anyhow!(
+            "{} invalid policy file(s) in {}; refusing to start without a valid policy set",
+            errors.len(),
+            options.policy_dir.display()
+        )
+    })?;
+    let v2_mount = cgroups::find_v2_mount()?;
+    let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
+    let mut kernel = Kernel::load_and_attach(&attach)
+        .with_context(|| format!("failed to set up the kernel programs on {}", attach.display()))?;
+    info!(cgroup = %attach.display(), "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6");
+    let ring = kernel.events.take().context("the event ring buffer was already taken")?;
+
+    let identities = Arc::new(RwLock::new(crate::identity::Identities::default()));
+    let mut enforcer = Enforcer::new();
+    enforcer.install_policies(&mut kernel, policies)?;
+    name_slots(&enforcer, &identities);
+    log_policies(&enforcer);
+    let kernel = Arc::new(Mutex::new(kernel));
+
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let namer = Namer {
+        node: node.clone(),
+        identities: Arc::clone(&identities),
+    };
+    let reader_events = events.clone();
+    tokio::spawn(async move {
+        if let Err(error) = reader::run(ring, namer, reader_events).await {
+            error!(error = %error, "the event reader stopped; events are no longer reported");
+        }
+    });
+    let metrics_state = Arc::new(metrics::MetricsState {
+        kernel: Arc::clone(&kernel),
+        identities: Arc::clone(&identities),
+    });
+    let metrics_listener = tokio::net::TcpListener::bind(options.metrics_address)
+        .await
+        .with_context(|| format!("failed to bind the metrics address {}", options.metrics_address))?;
+    tokio::spawn(async move {
+        if let Err(error) = metrics::serve(metrics_listener, metrics_state).await {
+            error!(error = %error, "the metrics server stopped");
+        }
+    });
+
+    let status_snapshot = Arc::new(RwLock::new(Status {
+        node: node.clone(),
+        attach_cgroup: attach.display().to_string(),
+        ..Status::default()
+    }));
+    let listener = api::bind(&options.api_socket)?;
+    let status_fn: api::StatusFn = {
+        let snapshot = Arc::clone(&status_snapshot);
+        let kernel = Arc::clone(&kernel);
+        Arc::new(move || {
+            let mut status = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
+            status::read_kernel(&kernel, &mut status);
+            status
+        })
+    };
+    tokio::spawn(api::serve(listener, events.clone(), status_fn));
+
+    let mut state = LoopState {
+        cri_socket: options.cri_socket.clone(),
+        cri: None,
+        attach,
+        enforcer,
+        kernel,
+        identities,
+        status: status_snapshot,
+        watcher,
+        known_containers: Default::default(),
+        last_cri: None,
+        last_cri_error: None,
+    };
+    info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
+    state.run().await
+}
+
+/// Picks the cgroup to attach to: the one given, or the kubepods cgroup
+/// below the v2 mount. The v2 root itself is refused, so that the agent
+/// never sees the host's own processes.
+fn attach_cgroup(v2_mount: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => ["kubepods.slice", "kubepods"]
+            .iter()
+            .map(|name| v2_mount.join(name))
+            .find(|path| path.is_dir())
+            .with_context(|| {
+                format!(
+                    "no kubepods cgroup under {}; pass --cgroup-root with the cgroup that holds the pods",
+                    v2_mount.display()
+                )
+            })?,
+    };
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("--cgroup-root {} does not exist", path.display()))?;
+    if !canonical.starts_with(v2_mount) {
+        bail!(
+            "--cgroup-root {} is not inside the cgroup v2 hierarchy at {}",
+            path.display(),
+            v2_mount.display()
+        );
+    }
+    if canonical == v2_mount {
+        bail!(
+            "--cgroup-root {} is the root of the cgroup v2 hierarchy; give the cgroup that holds the pods",
+            path.display()
+        );
+    }
+    Ok(canonical)
+}
+
+fn node_name() -> String {
+    if let Ok(name) = std::env::var("NODE_NAME")
+        && !name.is_empty()
+    {
+        return name;
+    }
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+fn name_slots(enforcer: &Enforcer, identities: &RwLock<crate::identity::Identities>) {
+    let mut identities = identities.write().unwrap_or_else(|e| e.into_inner());
+    for slotted in enforcer.policies() {
+        identities.set_slot_policy(slotted.slot, &slotted.policy.name);
+    }
+}
+
+fn log_policies(enforcer: &Enforcer) {
+    if enforcer.policies().is_empty() {
+        warn!("no policies loaded; nothing is enforced");
+    }
+    for slotted in enforcer.policies() {
+        info!(
+            policy = %slotted.policy.name,
+            source = %slotted.policy.source.display(),
+            mode = ?slotted.policy.mode,
+            "policy loaded"
+        );
+    }
+}
+
+struct LoopState {
+    cri_socket: PathBuf,
+    cri: Option<CriClient>,
+    attach: PathBuf,
+    enforcer: Enforcer,
+    kernel: Arc<Mutex<Kernel>>,
+    identities: Arc<RwLock<crate::identity::Identities>>,
+    status: Arc<RwLock<Status>>,
+    watcher: PolicyWatcher,
+    known_containers: std::collections::HashSet<String>,
+    last_cri: Option<Instant>,
+    last_cri_error: Option<String>,
+}
+
+impl LoopState {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut scan_tick = tokio::time::interval(SCAN_INTERVAL);
+        let mut policy_tick = tokio::time::interval(POLICY_POLL);
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => {
+                    info!("SIGHUP: reloading policies");
+                    self.reload_policies(true).await;
+                }
+                _ = policy_tick.tick() => self.reload_policies(false).await,
+                _ = scan_tick.tick() => {
+                    self.reconcile(false).await;
+                }
+            }
+        }
+        info!("agent stopping; the kernel programs detach with it");
+        Ok(())
+    }
+
+    async fn reload_policies(&mut self, forced: bool) {
+        let loaded = match self.watcher.poll(forced) {
+            None => return,
+            Some(Ok(policies)) => policies,
+            Some(Err(errors)) => {
+                for error in &errors {
+                    error!(error = %error, "invalid policy; the previous policy set stays in force");
+                }
+                let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+                status.policy_error = Some(
+                    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+                );
+                return;
+            }
+        };
+        let old_slots = {
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            match self.enforcer.install_policies(&mut kernel, loaded) {
+                Ok(old) => old,
+                Err(error) => {
+                    error!(error = %error, "failed to install the new policy set; the previous one stays in force");
+                    return;
+                }
+            }
+        };
+        name_slots(&self.enforcer, &self.identities);
+        log_policies(&self.enforcer);
+        self.status.write().unwrap_or_else(|e| e.into_inner()).policy_error = None;
+        // Point every entry at the new slots before the old ones are cleared.
+        if self.reconcile(true).await {
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            self.enforcer.release_slots(&mut kernel, old_slots);
+        } else {
+            // NOTE: without a fresh view of the workloads the old slots stay
+            // allocated, so entries still pointing at them keep enforcing
+            // the previous policies until the runtime answers again.
+            warn!("policies loaded, but the workloads could not be listed; they keep their previous policies for now");
+            self.enforcer.defer_release(old_slots);
+        }
+    }
+
+    /// Brings the kernel in line with the workloads. Returns false when the
+    /// runtime could not be asked, in which case nothing is changed.
+    async fn reconcile(&mut self, forced: bool) -> bool {
+        let scan = match cgroups::scan(&self.attach) {
+            Ok(scan) => scan,
+            Err(error) => {
+                error!(error = %error, "failed to scan cgroups");
+                return false;
+            }
+        };
+        let containers_changed = scan.containers.len() != self.known_containers.len()
+            || scan.containers.keys().any(|id| !self.known_containers.contains(id));
+        let stale = self.last_cri.is_none_or(|at| at.elapsed() >= CRI_REFRESH);
+        if !forced && !containers_changed && !stale {
+            return true;
+        }
+        let Some((pods, containers)) = self.list_workloads().await else {
+            return false;
+        };
+        self.last_cri = Some(Instant::now());
+        self.known_containers = scan.containers.keys().cloned().collect();
+        let desired = crate::enforce::desired_entries(
+            self.enforcer.policies(),
+            &pods,
+            &containers,
+            &scan.containers,
+        );
+        let identities = workload_identities(&pods, &containers, &scan.containers);
+        self.identities
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_cgroups(identities);
+        let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        self.enforcer.apply(&mut kernel, desired);
+        prune_counters(&mut kernel, &scan.live_ids);
+        if let Some(slots) = self.enforcer.take_deferred_release() {
+            self.enforcer.release_slots(&mut kernel, slots);
+        }
+        drop(kernel);
+        self.update_status();
+        true
+    }
+
+    async fn list_workloads(
+        &mut self,
+    ) -> Option<(Vec<crate::cri::PodInfo>, Vec<crate::cri::ContainerInfo>)> {
+        if self.cri.is_none() {
+            match CriClient::connect(&self.cri_socket, Duration::from_secs(2)).await {
+                Ok(client) => {
+                    info!(socket = %self.cri_socket.display(), "connected to the container runtime");
+                    self.cri = Some(client);
+                }
+                Err(error) => {
+                    self.note_cri_error(error.to_string());
+                    return None;
+                }
+            }
+        }
+        let cri = self.cri.as_ref()?;
+        let listed = async { Ok::<_, crate::cri::CriError>((cri.list_pods().await?, cri.list_workload_containers().await?)) };
+        match listed.await {
+            Ok(lists) => {
+                if self.last_cri_error.take().is_some() {
+                    info!(socket = %self.cri_socket.display(), "the container runtime answers again");
+                }
+                Some(lists)
+            }
+            Err(error) => {
+                self.note_cri_error(error.to_string());
+                self.cri = None;
+                None
+            }
+        }
+    }
+
+    /// Logs a runtime failure once per distinct message.
+    fn note_cri_error(&mut self, message: String) {
+        if self.last_cri_error.as_deref() != Some(message.as_str()) {
+            error!(
+                socket = %self.cri_socket.display(),
+                error = %message,
+                "failed to list workloads from the container runtime; enforcement stays as it was; retrying"
+            );
+            self.last_cri_error = Some(message);
+        }
+    }
+
+    fn update_status(&self) {
+        let policies = self
+            .enforcer
+            .policies()
+            .iter()
+            .map(|slotted| PolicyStatus {
+                name: slotted.policy.name.clone(),
+                source: slotted.policy.source.display().to_string(),
+                mode: format!("{:?}", slotted.policy.mode).to_lowercase(),
+                slot: slotted.slot,
+            })
+            .collect();
+        let mut workloads: Vec<WorkloadStatus> = self
+            .enforcer
+            .applied()
+            .iter()
+            .map(|(cgroup_id, entry)| WorkloadStatus {
+                cgroup_id: *cgroup_id,
+                namespace: entry.identity.namespace.clone(),
+                pod: entry.identity.pod.clone(),
+                container: entry.identity.container.clone(),
+                container_id: entry.identity.container_id.clone(),
+                policies: entry.policy_names.clone(),
+            })
+            .collect();
+        workloads.sort_by(|a, b| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)));
+        let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.policies = policies;
+        status.workloads = workloads;
+    }
+}
+
+/// Removes the counters of cgroups that no longer exist.
+fn prune_counters(kernel: &mut Kernel, live: &std::collections::HashSet<u64>) {
+    let dead: Vec<_> = kernel
+        .decision_counters
+        .keys()
+        .flatten()
+        .filter(|key| !live.contains(&key.cgroup_id))
+        .collect();
+    for key in dead {
+        if let Err(error) = kernel.decision_counters.remove(&key) {
+            warn!(cgroup_id = key.cgroup_id, error = %error, "failed to remove the counters of a removed cgroup");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Turning policies and the workloads on the node into kernel map entries.
+//!
+//! Each loaded policy gets a slot in the per-policy kernel maps. A new set
+//! of policies always gets fresh slots: the new slots are written first,
+//! then every cgroup entry is switched to them, and only then are the old
+//! slots cleared. The kernel therefore never reads a half-written policy,
+//! and a cgroup is never without one during a reload.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use parapet_common::{CgroupPolicies, MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS, net::NetPolicy};
+use tracing::{error, info, warn};
+
+use crate::{
+    cgroups::ContainerCgroup,
+    cri::{ContainerInfo, PodInfo},
+    identity::Identity,
+    kernel::Kernel,
+    policy::{self, Policy},
+};
+
+/// A loaded policy and its kernel slot.
+pub struct SlottedPolicy {
+    pub policy: Policy,
+    pub slot: u32,
+}
+
+/// The kernel entry wanted for one cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub policies: CgroupPolicies,
+    pub identity: Identity,
+    /// Names of the policies, in slot order, for logs.
+    pub policy_names: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("no free policy slot: {MAX_POLICY_SLOTS} slots are in use")]
+    NoSlot,
+    #[error("failed to write policy {policy} into kernel slot {slot}")]
+    WriteSlot {
+        policy: String,
+        slot: u32,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+pub struct Enforcer {
+    free_slots: VecDeque<u32>,
+    policies: Vec<SlottedPolicy>,
+    /// Entries written to the kernel, by cgroup id.
+    applied: HashMap<u64, Entry>,
+    /// Slots of a replaced policy set still waiting to be released.
+    deferred: Vec<u32>,
+}
+
+impl Default for Enforcer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Enforcer {
+    pub fn new() -> Self {
+        Self {
+            free_slots: (0..MAX_POLICY_SLOTS).collect(),
+            policies: Vec::new(),
+            applied: HashMap::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Keeps replaced slots until the next successful `apply`.
+    pub fn defer_release(&mut self, slots: Vec<u32>) {
+        self.deferred.extend(slots);
+    }
+
+    pub fn take_deferred_release(&mut self) -> Option<Vec<u32>> {
+        (!self.deferred.is_empty()).then(|| std::mem::take(&mut self.deferred))
+    }
+
+    pub fn policies(&self) -> &[SlottedPolicy] {
+        &self.policies
+    }
+
+    pub fn applied(&self) -> &HashMap<u64, Entry> {
+        &self.applied
+    }
+
+    /// Writes a new set of policies into fresh slots and returns the slots
+    /// of the set it replaces, which the caller releases with
+    /// `release_slots` once the cgroup entries point at the new ones.
+    pub fn install_policies(
+        &mut self,
+        kernel: &mut Kernel,
+        policies: Vec<Policy>,
+    ) -> Result<Vec<u32>, EnforceError> {
+        if policies.len() > self.free_slots.len() {
+            return Err(EnforceError::NoSlot);
+        }
+        let mut installed = Vec::with_capacity(policies.len());
+        for policy in policies {
+            let slot = self.free_slots.pop_front().ok_or(EnforceError::NoSlot)?;
+            let value = policy::net_policy(&policy);
+            if let Err(source) = kernel.net_policies.set(slot, value, 0) {
+                self.free_slots.push_front(slot);
+                for SlottedPolicy { slot, .. } in &installed {
+                    self.free_slots.push_front(*slot);
+                }
+                return Err(EnforceError::WriteSlot {
+                    policy: policy.name.clone(),
+                    slot,
+                    source,
+                });
+            }
+            installed.push(SlottedPolicy { policy, slot });
+        }
+        let old = std::mem::replace(&mut self.policies, installed);
+        Ok(old.into_iter().map(|slotted| slotted.slot).collect())
+    }
+
+    /// Clears slots no cgroup entry refers to any more and makes them free
+    /// again, at the back of the queue so that they are reused last.
+    pub fn release_slots(&mut self, kernel: &mut Kernel, slots: Vec<u32>) {
+        for slot in slots {
+            if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
+                warn!(slot, error = %error, "failed to clear a released policy slot");
+            }
+            self.free_slots.push_back(slot);
+        }
+    }
+
+    /// Brings the kernel's cgroup entries in line with `desired`: writes new
+    /// and changed entries, then removes entries no longer wanted. Returns
+    /// the number of entries that failed to be written.
+    pub fn apply(&mut self, kernel: &mut Kernel, desired: HashMap<u64, Entry>) -> usize {
+        let mut failures = 0;
+        for (cgroup_id, entry) in &desired {
+            if self.applied.get(cgroup_id) == Some(entry) {
+                continue;
+            }
+            match kernel.cgroup_policies.insert(cgroup_id, entry.policies, 0) {
+                Ok(()) => {
+                    info!(
+                        cgroup_id,
+                        namespace = %entry.identity.namespace,
+                        pod = %entry.identity.pod,
+                        container = entry.identity.container.as_deref().unwrap_or(""),
+                        container_id = entry.identity.container_id.as_deref().unwrap_or(""),
+                        policies = ?entry.policy_names,
+                        "workload enforced"
+                    );
+                    self.applied.insert(*cgroup_id, entry.clone());
+                }
+                Err(error) => {
+                    failures += 1;
+                    error!(
+                        cgroup_id,
+                        namespace = %entry.identity.namespace,
+                        pod = %entry.identity.pod,
+                        error = %error,
+                        "failed to write the policy entry of a workload; will retry"
+                    );
+                }
+            }
+        }
+        let stale: Vec<u64> = self
+            .applied
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for cgroup_id in stale {
+            match kernel.cgroup_policies.remove(&cgroup_id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    let entry = self.applied.remove(&cgroup_id);
+                    if let Some(entry) = entry {
+                        info!(
+                            cgroup_id,
+                            namespace = %entry.identity.namespace,
+                            pod = %entry.identity.pod,
+                            container = entry.identity.container.as_deref().unwrap_or(""),
+                            "workload released"
+                        );
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    warn!(cgroup_id, error = %error, "failed to remove a policy entry; will retry");
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// Computes the kernel entries for the workloads on the node.
+///
+/// A pod selected by a policy without a container list gets a pod-level
+/// entry, so that a container starting in it is covered through its
+/// ancestor from its first instruction. Each container selected by any
+/// policy gets its own entry with every policy that applies to it,
+/// pod-level ones included, because the kernel stops at the nearest entry.
+pub fn desired_entries(
+    policies: &[SlottedPolicy],
+    pods: &[PodInfo],
+    containers: &[ContainerInfo],
+    cgroups: &HashMap<String, ContainerCgroup>,
+) -> HashMap<u64, Entry> {
+    let mut entries = HashMap::new();
+    let mut pod_cgroups = HashMap::new();
+    for cgroup in cgroups.values() {
+        if let Some(pod) = &cgroup.pod {
+            pod_cgroups.insert(pod.uid.as_str(), pod);
+        }
+    }
+    let pods_by_id: HashMap<&str, &PodInfo> = pods.iter().map(|pod| (pod.id.as_str(), pod)).collect();
+    for pod in pods {
+        let labels = &pod.labels;
+        let whole_pod: Vec<&SlottedPolicy> = policies
+            .iter()
+            .filter(|p| p.policy.selects_pod(&pod.namespace, labels) && p.policy.applies_to_whole_pod())
+            .collect();
+        if whole_pod.is_empty() {
+            continue;
+        }
+        let Some(pod_cgroup) = pod_cgroups.get(pod.uid.as_str()) else {
+            continue;
+        };
+        let identity = Identity {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container: None,
+            container_id: None,
+        };
+        entries.insert(pod_cgroup.id, entry_for(&whole_pod, identity));
+    }
+    let mut seen_containers = HashSet::new();
+    for container in containers {
+        let Some(pod) = pods_by_id.get(container.pod_sandbox_id.as_str()) else {
+            continue;
+        };
+        let Some(cgroup) = cgroups.get(&container.id) else {
+            continue;
+        };
+        let labels = &pod.labels;
+        let applying: Vec<&SlottedPolicy> = policies
+            .iter()
+            .filter(|p| {
+                p.policy.selects_pod(&pod.namespace, labels)
+                    && p.policy.selects_container(&container.name)
+            })
+            .collect();
+        if applying.is_empty() || !seen_containers.insert(container.id.as_str()) {
+            continue;
+        }
+        let identity = Identity {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container: Some(container.name.clone()),
+            container_id: Some(container.id.clone()),
+        };
+        entries.insert(cgroup.id, entry_for(&applying, identity));
+    }
+    entries
+}
+
+fn entry_for(policies: &[&SlottedPolicy], identity: Identity) -> Entry {
+    if policies.len() > MAX_POLICIES_PER_CGROUP {
+        // NOTE: only the first MAX_POLICIES_PER_CGROUP policies reach the
+        // kernel; the rest are reported here and not enforced.
+        error!(
+            namespace = %identity.namespace,
+            pod = %identity.pod,
+            selected = policies.len(),
+            max = MAX_POLICIES_PER_CGROUP,
+            ignored = ?policies[MAX_POLICIES_PER_CGROUP..].iter().map(|p| &p.policy.name).collect::<Vec<_>>(),
+            "more policies select this workload than the kernel entry can hold"
+        );
+    }
+    let mut value = CgroupPolicies::default();
+    let mut policy_names = Vec::new();
+    for (index, slotted) in policies.iter().take(MAX_POLICIES_PER_CGROUP).enumerate() {
+        value.slots[index] = slotted.slot;
+        value.count += 1;
+        policy_names.push(slotted.policy.name.clone());
+    }
+    Entry {
+        policies: value,
+        identity,
+        policy_names,
+    }
+}

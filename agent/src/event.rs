@@ -1,0 +1,284 @@
+//! Events: decoding the kernel's records and the JSON form that the agent
+//! prints, streams to `parapet tail` and counts.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use parapet_common::{
+    EventHeader, EventKind, NO_RULE, Verdict,
+    net::{FAMILY_INET, NetEvent, PROTOCOL_TCP, PROTOCOL_UDP},
+};
+use serde::{Deserialize, Serialize};
+
+/// One decision on a policed process, with who, what, which policy and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// RFC 3339 time of the decision, in UTC.
+    pub time: String,
+    pub node: String,
+    pub kind: Kind,
+    /// The operation inside the kind: `connect` or `sendmsg` for `network`.
+    pub operation: String,
+    pub verdict: VerdictName,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub cgroup_id: u64,
+    /// Process id in the node's pid namespace.
+    pub pid: u32,
+    /// Thread id in the node's pid namespace.
+    pub tid: u32,
+    /// The thread's `comm`.
+    pub process: String,
+    /// The process's program: the path its last `execve` named, as the
+    /// kernel recorded it, or else `/proc/PID/exe` read when the agent
+    /// received the event. `None` when neither was available.
+    pub binary: Option<String>,
+    /// True when the kernel cut `binary` short at its length limit.
+    pub binary_truncated: bool,
+    pub peer: Option<Peer>,
+    pub policy: Option<String>,
+    /// The rule that allowed the operation, as a path into the policy;
+    /// `None` when no rule matched.
+    pub rule: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Network,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictName {
+    Allow,
+    Deny,
+    Audit,
+}
+
+impl VerdictName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+
+    /// Whether the decision is a violation: refused, or refused in audit.
+    pub fn is_violation(self) -> bool {
+        self != Self::Allow
+    }
+}
+
+impl From<Verdict> for VerdictName {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Allow => Self::Allow,
+            Verdict::Deny => Self::Deny,
+            Verdict::Audit => Self::Audit,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub address: IpAddr,
+    pub port: u16,
+    /// `tcp`, `udp`, or the IP protocol number for anything else.
+    pub protocol: String,
+}
+
+/// A record as the kernel sent it, before identities are added.
+#[derive(Clone, Copy, Debug)]
+pub enum Record {
+    Net(NetEvent),
+}
+
+impl Record {
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            Self::Net(event) => &event.header,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event record of {len} bytes is shorter than its {expected}-byte layout")]
+    Short { len: usize, expected: usize },
+    #[error("event record has unknown kind {kind}")]
+    UnknownKind { kind: u32 },
+    #[error("event record has unknown verdict {verdict}")]
+    UnknownVerdict { verdict: u32 },
+}
+
+/// Decodes one ring buffer record. Any byte string is accepted as input:
+/// records shorter than their layout or with unknown kinds are errors.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let header: EventHeader = read_prefix(bytes)?;
+    Verdict::from_u32(header.verdict).ok_or(DecodeError::UnknownVerdict {
+        verdict: header.verdict,
+    })?;
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::Connect | EventKind::Sendmsg) => Ok(Record::Net(read_prefix(bytes)?)),
+        None => Err(DecodeError::UnknownKind { kind: header.kind }),
+    }
+}
+
+/// Reads a plain `#[repr(C)]` record from the start of `bytes`.
+fn read_prefix<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is checked above, `read_unaligned` has no
+    // alignment requirement, and the record types are integers only, so any
+    // bytes make a valid value.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The `comm` of a record as text.
+pub fn comm(header: &EventHeader) -> String {
+    let end = header.comm.iter().position(|&b| b == 0).unwrap_or(header.comm.len());
+    String::from_utf8_lossy(&header.comm[..end]).into_owned()
+}
+
+/// The peer of a network record. An IPv4 socket's peer is shown as IPv4;
+/// an IPv6 socket's peer is shown as IPv6, IPv4-mapped addresses included.
+pub fn net_peer(event: &NetEvent) -> Peer {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(event.addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(octets);
+    let address = if event.family == FAMILY_INET {
+        IpAddr::V4(Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]))
+    } else {
+        IpAddr::V6(v6)
+    };
+    let protocol = match event.protocol {
+        PROTOCOL_TCP => "tcp".to_owned(),
+        PROTOCOL_UDP => "udp".to_owned(),
+        other => other.to_string(),
+    };
+    Peer {
+        address,
+        port: event.port,
+        protocol,
+    }
+}
+
+/// The program path the kernel put in a record, with whether it was cut.
+pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
+    let len = (path.len as usize).min(path.bytes.len());
+    (len > 0).then(|| {
+        (
+            String::from_utf8_lossy(&path.bytes[..len]).into_owned(),
+            path.truncated != 0,
+        )
+    })
+}
+
+/// The operation name of a record's kind.
+pub fn operation(header: &EventHeader) -> &'static str {
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::Connect) => "connect",
+        Some(EventKind::Sendmsg) => "sendmsg",
+        None => "unknown",
+    }
+}
+
+/// The rule index of a record, `None` for `NO_RULE`.
+pub fn rule_index(header: &EventHeader) -> Option<u32> {
+    (header.rule != NO_RULE).then_some(header.rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net_record(kind: u32, verdict: u32) -> NetEvent {
+        NetEvent {
+            header: EventHeader {
+                kind,
+                verdict,
+                boot_time_ns: 1,
+                cgroup_id: 2,
+                policed_cgroup_id: 2,
+                tid: 3,
+                pid: 3,
+                policy_slot: 0,
+                rule: NO_RULE,
+                comm: *b"netprobe\0\0\0\0\0\0\0\0",
+            },
+            addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([10, 1, 2, 3])],
+            port: 8080,
+            family: FAMILY_INET,
+            protocol: PROTOCOL_TCP,
+            binary: parapet_common::ExecPath {
+                len: 4,
+                truncated: 0,
+                bytes: [b'/'; parapet_common::MAX_EXEC_PATH],
+            },
+        }
+    }
+
+    fn bytes_of(event: &NetEvent) -> Vec<u8> {
+        // SAFETY: NetEvent is plain integers without padding.
+        unsafe {
+            std::slice::from_raw_parts((event as *const NetEvent).cast::<u8>(), size_of::<NetEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decode_net_record() {
+        let bytes = bytes_of(&net_record(EventKind::Connect as u32, Verdict::Deny as u32));
+        let Record::Net(event) = decode(&bytes).unwrap();
+        assert_eq!(comm(&event.header), "netprobe");
+        let peer = net_peer(&event);
+        assert_eq!(peer.address, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(peer.port, 8080);
+        assert_eq!(peer.protocol, "tcp");
+        assert_eq!(rule_index(&event.header), None);
+        assert_eq!(exec_path(&event.binary), Some(("////".to_owned(), false)));
+    }
+
+    #[test]
+    fn decode_mapped_peer_on_ipv6_socket() {
+        let mut event = net_record(EventKind::Connect as u32, Verdict::Deny as u32);
+        event.family = parapet_common::net::FAMILY_INET6;
+        assert_eq!(
+            net_peer(&event).address,
+            "::ffff:10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn decode_rejects_bad_records() {
+        let bytes = bytes_of(&net_record(EventKind::Connect as u32, Verdict::Deny as u32));
+        assert!(matches!(decode(&bytes[..10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&bytes[..70]), Err(DecodeError::Short { .. })));
+        let unknown_kind = bytes_of(&net_record(99, 0));
+        assert_eq!(decode(&unknown_kind).unwrap_err(), DecodeError::UnknownKind { kind: 99 });
+        let unknown_verdict = bytes_of(&net_record(1, 7));
+        assert_eq!(
+            decode(&unknown_verdict).unwrap_err(),
+            DecodeError::UnknownVerdict { verdict: 7 }
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Loading the kernel programs, attaching them, and the typed maps the agent
+//! writes policies into and reads counters and events from.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+};
+use parapet_common::{CgroupPolicies, CounterKey, map_names, net::NetPolicy, program_names};
+
+/// The kernel programs, built for the BPF target by `build.rs`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/parapet-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("failed to load the kernel programs")]
+    Load(#[source] EbpfError),
+    #[error("kernel program {name} is missing from the object file")]
+    MissingProgram { name: &'static str },
+    #[error("kernel map {name} is missing from the object file")]
+    MissingMap { name: &'static str },
+    #[error("kernel map {name} has an unexpected type")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("failed to load kernel program {name}")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed")]
+    MountTracefs(#[source] std::io::Error),
+    #[error("failed to open cgroup {}", path.display())]
+    OpenCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to attach kernel program {name} to {}", path.display())]
+    Attach {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// The loaded kernel programs and their maps. The programs stay attached for
+/// as long as this value lives.
+pub struct Kernel {
+    /// Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    pub cgroup_policies: HashMap<MapData, u64, CgroupPolicies>,
+    pub net_policies: Array<MapData, NetPolicy>,
+    pub decision_counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    pub losses: PerCpuArray<MapData, u64>,
+    /// Taken out by the event reader.
+    pub events: Option<RingBuf<MapData>>,
+}
+
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+];
+
+impl Kernel {
+    /// Loads the programs and attaches the socket programs to the cgroup v2
+    /// directory `cgroup`, so that they see every process below it.
+    pub fn load_and_attach(cgroup: &Path) -> Result<Self, KernelError> {
+        ensure_tracefs()?;
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(KernelError::Load)?;
+        let cgroup_file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            // aya attaches through a BPF link on kernels from 5.7 on. The
+            // kernel rejects any flag on a cgroup link (EINVAL) and always
+            // runs link programs next to the others on the cgroup, as
+            // BPF_F_ALLOW_MULTI would.
+            program
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(|source| KernelError::Attach {
+                    name,
+                    path: cgroup.to_owned(),
+                    source,
+                })?;
+        }
+        let name = program_names::EXEC;
+        let exec: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(KernelError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        exec.load()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        exec.attach("sched", "sched_process_exec")
+            .map_err(|source| KernelError::Attach {
+                name,
+                path: PathBuf::from("tracepoint sched/sched_process_exec"),
+                source,
+            })?;
+        Ok(Self {
+            cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
+            net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
+            decision_counters: take_map(&mut ebpf, map_names::DECISION_COUNTERS)?,
+            losses: take_map(&mut ebpf, map_names::LOSSES)?,
+            events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
+            _ebpf: ebpf,
+        })
+    }
+}
+
+/// Mounts tracefs on /sys/kernel/tracing unless it is mounted there or
+/// below debugfs already: attaching a tracepoint program looks up the
+/// event's id in it.
+fn ensure_tracefs() -> Result<(), KernelError> {
+    let mounted = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+        .iter()
+        .any(|path| Path::new(path).is_dir());
+    if mounted {
+        return Ok(());
+    }
+    let result = unsafe {
+        // SAFETY: every argument is a NUL-terminated string literal.
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result != 0 {
+        return Err(KernelError::MountTracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| KernelError::MapType { name, source })
+}

@@ -1,0 +1,17 @@
+//! The Parapet agent as a library: the daemon's parts, and the CRI client
+//! that the end-to-end tests share.
+
+pub mod api;
+pub mod cgroups;
+pub mod cri;
+pub mod daemon;
+pub mod enforce;
+pub mod event;
+pub mod identity;
+pub mod kernel;
+pub mod metrics;
+pub mod policy;
+pub mod reader;
+pub mod status;
+pub mod tail;
+pub mod watch;

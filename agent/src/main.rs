@@ -1,0 +1,170 @@
+//! `parapet`: the agent daemon and its command-line tools in one binary.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use parapet::{api, daemon, tail};
+
+#[derive(Parser)]
+#[command(name = "parapet", version, about = "Runtime enforcement agent for container nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: enforce the policies on this node's pods.
+    Agent(AgentArgs),
+    /// Follow live violations from the local agent.
+    Tail(TailArgs),
+    /// Show what the local agent enforces.
+    Status(StatusArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Directory of RuntimePolicy YAML files (a mounted ConfigMap works).
+    #[arg(long, default_value = "/etc/parapet/policies")]
+    policy_dir: PathBuf,
+    /// CRI socket of the container runtime.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    cri_socket: PathBuf,
+    /// Cgroup v2 directory that holds the pods; the kernel programs attach
+    /// here. Default: the kubepods cgroup below the cgroup v2 mount.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Address and port to serve /metrics on.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    metrics_address: SocketAddr,
+    /// Path of the local API socket that `parapet tail` reads.
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+    /// Node name reported in events. Default: $NODE_NAME, else the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    /// Only events of pods in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only events of this pod (by name).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Also show operations that the policies allowed.
+    #[arg(long)]
+    include_allowed: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    output: tail::Output,
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long, value_enum, default_value = "text")]
+    output: tail::Output,
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files offline; exits 0 only when every file is valid.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Agent(args) => {
+            init_logging(args.log_format);
+            run_async(daemon::run(daemon::AgentOptions {
+                policy_dir: args.policy_dir,
+                cri_socket: args.cri_socket,
+                cgroup_root: args.cgroup_root,
+                metrics_address: args.metrics_address,
+                api_socket: args.api_socket,
+                node_name: args.node_name,
+            }))
+        }
+        Command::Tail(args) => run_async(tail::run(
+            &args.api_socket,
+            api::Subscription {
+                namespace: args.namespace,
+                pod: args.pod,
+                include_allowed: args.include_allowed,
+            },
+            args.output,
+        )),
+        Command::Status(args) => run_async(async move {
+            let status = tail::status(&args.api_socket).await?;
+            match args.output {
+                tail::Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                tail::Output::Text => print!("{}", parapet::status::render_text(&status)),
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("parapet: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("parapet: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    let report = parapet::policy::check_files(files);
+    print!("{report}");
+    if report.all_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

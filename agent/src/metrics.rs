@@ -1,0 +1,170 @@
+//! `/metrics` in the Prometheus text format. The decision counters come
+//! straight from the kernel's own counters at each scrape, so they stay
+//! exact when the ring buffer drops records.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use parapet_common::{EventKind, Verdict, loss};
+use tracing::{info, warn};
+
+use crate::{identity::Identities, kernel::Kernel};
+
+pub struct MetricsState {
+    pub kernel: Arc<Mutex<Kernel>>,
+    pub identities: Arc<RwLock<Identities>>,
+}
+
+/// Serves `/metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<MetricsState>) -> std::io::Result<()> {
+    info!(address = %listener.local_addr()?, "serving metrics");
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let state = Arc::clone(&state);
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    render(&state),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Labels of one decision series.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct SeriesKey {
+    namespace: String,
+    pod: String,
+    container: String,
+    kind: &'static str,
+    policy: String,
+    verdict: Verdict,
+}
+
+fn render(state: &MetricsState) -> String {
+    let mut decisions: BTreeMap<SeriesKey, u64> = BTreeMap::new();
+    let mut losses = [0u64; loss::COUNT as usize];
+    {
+        let kernel = state.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let identities = state.identities.read().unwrap_or_else(|e| e.into_inner());
+        for item in kernel.decision_counters.iter() {
+            let (key, per_cpu) = match item {
+                Ok(item) => item,
+                Err(error) => {
+                    warn!(error = %error, "failed to read a kernel decision counter");
+                    continue;
+                }
+            };
+            let Some(verdict) = Verdict::from_u32(key.verdict) else {
+                continue;
+            };
+            let identity = identities.cgroup(key.cgroup_id).cloned().unwrap_or_default();
+            let series = SeriesKey {
+                namespace: identity.namespace,
+                pod: identity.pod,
+                container: identity.container.unwrap_or_default(),
+                kind: match EventKind::from_u32(key.kind) {
+                    Some(EventKind::Connect | EventKind::Sendmsg) => "network",
+                    None => "unknown",
+                },
+                policy: identities.policy(key.policy_slot).unwrap_or("").to_owned(),
+                verdict,
+            };
+            *decisions.entry(series).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        for (index, total) in losses.iter_mut().enumerate() {
+            if let Ok(per_cpu) = kernel.losses.get(&(index as u32), 0) {
+                *total = per_cpu.iter().sum();
+            }
+        }
+    }
+    let mut out = String::new();
+    write_decisions(
+        &mut out,
+        "parapet_violations_total",
+        "Operations refused by a policy: blocked (verdict deny) or let through in audit mode (verdict audit).",
+        decisions.iter().filter(|(key, _)| key.verdict != Verdict::Allow),
+        true,
+    );
+    write_decisions(
+        &mut out,
+        "parapet_allowed_total",
+        "Operations of policed workloads that their policies allowed.",
+        decisions.iter().filter(|(key, _)| key.verdict == Verdict::Allow),
+        false,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP parapet_events_lost_total Event records the kernel could not hand to the agent, and decisions it could not count, by reason."
+    );
+    let _ = writeln!(out, "# TYPE parapet_events_lost_total counter");
+    let _ = writeln!(
+        out,
+        "parapet_events_lost_total{{reason=\"ring_buffer_full\"}} {}",
+        losses[loss::RING_FULL as usize]
+    );
+    let _ = writeln!(
+        out,
+        "parapet_events_lost_total{{reason=\"counter_map_full\"}} {}",
+        losses[loss::COUNTERS_FULL as usize]
+    );
+    out
+}
+
+fn write_decisions<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a SeriesKey, &'a u64)>,
+    with_verdict: bool,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (key, value) in series {
+        let _ = write!(
+            out,
+            "{name}{{namespace=\"{}\",pod=\"{}\",container=\"{}\",kind=\"{}\",policy=\"{}\"",
+            escape(&key.namespace),
+            escape(&key.pod),
+            escape(&key.container),
+            key.kind,
+            escape(&key.policy),
+        );
+        if with_verdict {
+            let verdict = match key.verdict {
+                Verdict::Allow => "allow",
+                Verdict::Deny => "deny",
+                Verdict::Audit => "audit",
+            };
+            let _ = write!(out, ",verdict=\"{verdict}\"");
+        }
+        let _ = writeln!(out, "}} {value}");
+    }
+}
+
+/// Escapes a label value as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("a\nb"), r"a\nb");
+    }
+}

@@ -1,0 +1,153 @@
+//! Draining the kernel's ring buffer: each record becomes an `Event` with
+//! its workload and policy named, printed as a JSON line on stdout and sent
+//! to every `parapet tail` client.
+
+use std::{
+    io::Write as _,
+    sync::{Arc, RwLock},
+};
+
+use aya::maps::{MapData, RingBuf};
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tracing::warn;
+
+use crate::{
+    event::{self, Event, Kind, Record, VerdictName},
+    identity::Identities,
+};
+
+/// Everything the reader needs to name a record.
+pub struct Namer {
+    pub node: String,
+    pub identities: Arc<RwLock<Identities>>,
+}
+
+/// Reads records until the ring buffer fails, which only happens when its
+/// file descriptor does.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    namer: Namer,
+    events: broadcast::Sender<Arc<Event>>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map file descriptor, which stays open
+    // and unchanged for as long as the `AsyncFd` holds the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|error| error.into_parts().1)?;
+    let mut undecodable: u64 = 0;
+    loop {
+        let mut guard = ring.readable_mut().await?;
+        let clock = Clock::now();
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let record = match event::decode(&item) {
+                Ok(record) => record,
+                Err(error) => {
+                    undecodable += 1;
+                    if undecodable.is_power_of_two() {
+                        warn!(error = %error, total = undecodable, "dropped an undecodable event record");
+                    }
+                    continue;
+                }
+            };
+            let event = Arc::new(namer.name(&record, &clock));
+            if let Ok(line) = serde_json::to_string(&*event) {
+                // A closed stdout must not stop enforcement or the stream.
+                let _ = writeln!(out, "{line}");
+            }
+            // An error only means that no `tail` client is connected.
+            let _ = events.send(event);
+        }
+        let _ = out.flush();
+        guard.clear_ready();
+    }
+}
+
+/// Wall-clock time of a boot-time timestamp.
+struct Clock {
+    realtime_minus_boottime_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        let boottime = clock_ns(libc::CLOCK_BOOTTIME);
+        Self {
+            realtime_minus_boottime_ns: realtime - boottime,
+        }
+    }
+
+    fn format(&self, boot_time_ns: u64) -> String {
+        let wall_ns = boot_time_ns as i128 + self.realtime_minus_boottime_ns;
+        let time: DateTime<Utc> = DateTime::from_timestamp_nanos(wall_ns as i64);
+        time.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Namer {
+    fn name(&self, record: &Record, clock: &Clock) -> Event {
+        let header = record.header();
+        let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
+        let identity = identities
+            .cgroup(header.cgroup_id)
+            .or_else(|| identities.cgroup(header.policed_cgroup_id))
+            .cloned()
+            .unwrap_or_default();
+        let policy = identities.policy(header.policy_slot).map(str::to_owned);
+        drop(identities);
+        let verdict = parapet_common::Verdict::from_u32(header.verdict)
+            .map(VerdictName::from)
+            .unwrap_or(VerdictName::Deny);
+        let (kind, peer, rule, recorded_binary) = match record {
+            Record::Net(net) => (
+                Kind::Network,
+                Some(event::net_peer(net)),
+                event::rule_index(header).map(|index| format!("spec.network.egress[{index}]")),
+                event::exec_path(&net.binary),
+            ),
+        };
+        let (binary, binary_truncated) = match recorded_binary {
+            Some((path, truncated)) => (Some(path), truncated),
+            None => (
+                std::fs::read_link(format!("/proc/{}/exe", header.pid))
+                    .ok()
+                    .map(|path| path.to_string_lossy().into_owned()),
+                false,
+            ),
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        Event {
+            time: clock.format(header.boot_time_ns),
+            node: self.node.clone(),
+            kind,
+            operation: event::operation(header).to_owned(),
+            verdict,
+            namespace: non_empty(identity.namespace),
+            pod: non_empty(identity.pod),
+            pod_uid: non_empty(identity.pod_uid),
+            container: identity.container,
+            container_id: identity.container_id,
+            cgroup_id: header.cgroup_id,
+            pid: header.pid,
+            tid: header.tid,
+            process: event::comm(header),
+            binary,
+            binary_truncated,
+            peer,
+            policy,
+            rule,
+        }
+    }
+}

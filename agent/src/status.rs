@@ -1,0 +1,84 @@
+//! `parapet status`: what the agent enforces, read from its own state and
+//! from the kernel maps themselves.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::Kernel;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    /// The cgroup the kernel programs are attached to.
+    pub attach_cgroup: String,
+    pub policies: Vec<PolicyStatus>,
+    pub workloads: Vec<WorkloadStatus>,
+    /// Cgroup ids that have an entry in the kernel's policy map.
+    pub kernel_policed_cgroups: BTreeSet<u64>,
+    /// Cgroup ids that have decision counters in the kernel.
+    pub kernel_counter_cgroups: BTreeSet<u64>,
+    /// The last policy reload error, if the last reload failed.
+    pub policy_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub source: String,
+    pub mode: String,
+    pub slot: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub cgroup_id: u64,
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub policies: Vec<String>,
+}
+
+/// Fills in the kernel-side fields of `status` from the maps.
+pub fn read_kernel(kernel: &Kernel, status: &mut Status) {
+    status.kernel_policed_cgroups = kernel.cgroup_policies.keys().flatten().collect();
+    status.kernel_counter_cgroups = kernel
+        .decision_counters
+        .keys()
+        .flatten()
+        .map(|key| key.cgroup_id)
+        .collect();
+}
+
+/// The status as text for a terminal.
+pub fn render_text(status: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "node:           {}", status.node);
+    let _ = writeln!(out, "attached to:    {}", status.attach_cgroup);
+    if let Some(error) = &status.policy_error {
+        let _ = writeln!(out, "last reload:    FAILED, previous policies stay in force:");
+        for line in error.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let _ = writeln!(out, "policies:       {}", status.policies.len());
+    for policy in &status.policies {
+        let _ = writeln!(out, "  {} ({}, slot {}) from {}", policy.name, policy.mode, policy.slot, policy.source);
+    }
+    let _ = writeln!(out, "workloads:      {}", status.workloads.len());
+    for workload in &status.workloads {
+        let _ = writeln!(
+            out,
+            "  {}/{}/{} cgroup {} policies {}",
+            workload.namespace,
+            workload.pod,
+            workload.container.as_deref().unwrap_or("(pod)"),
+            workload.cgroup_id,
+            workload.policies.join(",")
+        );
+    }
+    let _ = writeln!(out, "kernel entries: {}", status.kernel_policed_cgroups.len());
+    out
+}

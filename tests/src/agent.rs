@@ -1,0 +1,352 @@
+//! The real `parapet` binary run as an agent against a test containerd, with
+//! its own policy directory, API socket and metrics port, and helpers to
+//! read what it reports: JSON event lines, logs, `/metrics`, status and
+//! `parapet tail`.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use parapet::{event::Event, status::Status};
+
+use crate::containerd::Containerd;
+
+/// How long `wait_for` helpers wait before they fail.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Returns the path of the `parapet` binary: `$PARAPET_BIN`, else the one
+/// next to the test binary's `deps` folder.
+pub fn parapet_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PARAPET_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("parapet"))
+        .context("test binary has no parent folder")?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "parapet binary not found at {}; build it or set PARAPET_BIN",
+            candidate.display()
+        )
+    }
+}
+
+/// A running agent. Killed, by its pid, when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub policy_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub metrics_address: SocketAddr,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Writes `policies` (file name, YAML) into a fresh policy directory and
+    /// starts the agent on `containerd`'s socket and cgroup.
+    pub fn start(containerd: &Containerd, policies: &[(&str, &str)]) -> Result<Self> {
+        let dir = containerd.dir().join(format!("agent-{}", unique_suffix()));
+        let policy_dir = dir.join("policies");
+        fs::create_dir_all(&policy_dir)?;
+        for (name, yaml) in policies {
+            fs::write(policy_dir.join(name), yaml)?;
+        }
+        let mut agent = Self {
+            child: None,
+            api_socket: dir.join("api.sock"),
+            metrics_address: free_loopback_port()?,
+            stdout_path: dir.join("stdout.jsonl"),
+            stderr_path: dir.join("stderr.log"),
+            policy_dir,
+            dir,
+        };
+        agent.spawn(containerd)?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self, containerd: &Containerd) -> Result<()> {
+        let stdout = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stdout_path)?;
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)?;
+        let child = Command::new(parapet_bin()?)
+            .arg("agent")
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
+            .arg("--cri-socket")
+            .arg(containerd.socket())
+            .arg("--cgroup-root")
+            .arg(containerd.cgroup().v2_path())
+            .arg("--metrics-address")
+            .arg(self.metrics_address.to_string())
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .arg("--node-name")
+            .arg("test-node")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .context("failed to start the parapet agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Replaces a policy file in place.
+    pub fn write_policy(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = self.policy_dir.join(name);
+        let temporary = self.policy_dir.join(format!(".{name}.tmp"));
+        fs::write(&temporary, yaml)?;
+        fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Events printed on stdout so far.
+    pub fn events(&self) -> Result<Vec<Event>> {
+        let text = fs::read_to_string(&self.stdout_path)?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).with_context(|| format!("invalid event line: {line}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the log contains a line with all of `needles`.
+    pub fn wait_for_log(&mut self, needles: &[&str]) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if self
+                .log()
+                .lines()
+                .any(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if started.elapsed() > WAIT {
+                bail!(
+                    "agent log has no line with {needles:?} after {WAIT:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the agent reports the container `container_id` enforced.
+    pub fn wait_enforced(&mut self, container_id: &str) -> Result<()> {
+        self.wait_for_log(&["workload enforced", container_id])
+    }
+
+    /// Waits until an event matches `predicate`, and returns it.
+    pub fn wait_for_event(&mut self, predicate: impl Fn(&Event) -> bool) -> Result<Event> {
+        let started = Instant::now();
+        loop {
+            if let Some(event) = self.events()?.into_iter().find(&predicate) {
+                return Ok(event);
+            }
+            self.check_alive()?;
+            if started.elapsed() > WAIT {
+                bail!(
+                    "no matching event after {WAIT:?}; events: {:#?}",
+                    self.events()?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the API socket exists, which the agent creates last.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        self.wait_for_log(&["agent started"])
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("the agent exited with {status}; its log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// Fetches `/metrics` over a plain HTTP/1.1 request.
+    pub fn metrics(&self) -> Result<String> {
+        http_get(self.metrics_address, "/metrics")
+    }
+
+    /// Asks the agent for its status over the API socket.
+    pub async fn status(&self) -> Result<Status> {
+        parapet::tail::status(&self.api_socket).await
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child this fixture started and
+            // has not reaped yet.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let started = Instant::now();
+            while child.try_wait()?.is_none() {
+                if started.elapsed() > Duration::from_secs(10) {
+                    child.kill()?;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("parapet-tests: agent log:\n{}", self.log());
+        }
+    }
+}
+
+/// `parapet tail` started as a child process, its stdout in a file.
+pub struct Tail {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Tail {
+    pub fn start(agent: &Agent, args: &[&str]) -> Result<Self> {
+        let output = agent.dir.join(format!("tail-{}.out", unique_suffix()));
+        let file = fs::File::create(&output)?;
+        let child = Command::new(parapet_bin()?)
+            .arg("tail")
+            .arg("--api-socket")
+            .arg(&agent.api_socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("failed to start parapet tail")?;
+        Ok(Self { child, output })
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// Waits until the output has a line with all of `needles`, returning it.
+    pub fn wait_for_line(&mut self, needles: &[&str]) -> Result<String> {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self
+                .output()
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return Ok(line.to_owned());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "parapet tail exited with {status}; output:\n{}",
+                    self.output()
+                );
+            }
+            if started.elapsed() > WAIT {
+                bail!(
+                    "parapet tail printed no line with {needles:?}:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos:09}")
+}
+
+/// Returns a loopback address with a port that was free a moment ago.
+pub fn free_loopback_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A minimal HTTP/1.1 GET against a server on loopback.
+pub fn http_get(address: SocketAddr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .with_context(|| format!("failed to connect to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("HTTP response without a header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path} from {address} failed: {head}");
+    }
+    Ok(body.to_owned())
+}
+
+/// Returns the value of the series `name{labels}` in a Prometheus text page,
+/// where `labels` must all appear among the series' labels.
+pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if series_name != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+        .next()
+}

@@ -1,0 +1,284 @@
+//! Network probe run inside test pods.
+//!
+//! ```text
+//! netprobe connect tcp|udp ADDR PORT   connect (UDP: connect, then send one datagram)
+//! netprobe send udp ADDR PORT          one sendto() on an unconnected socket
+//! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
+//! ```
+//!
+//! `connect` and `send` print `ok` and exit 0, or print
+//! `error errno=N <description>` and exit 1. Usage errors exit 2. ADDR is an
+//! IPv4 or IPv6 address; an IPv6 address, including an IPv4-mapped one such
+//! as `::ffff:10.0.0.1`, is used through an AF_INET6 socket.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Upper bound for a TCP handshake, so that a dropped SYN fails instead of hanging.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const PAYLOAD: &[u8] = b"ping";
+const REPLY: &[u8] = b"pong";
+const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
+                     netprobe send udp ADDR PORT\n       \
+                     netprobe listen tcp|udp PORT";
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Tcp,
+    Udp,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match parse(&args) {
+        Ok(Command::Connect(protocol, target)) => report(connect(protocol, target)),
+        Ok(Command::Send(target)) => report(send_unconnected(target)),
+        Ok(Command::Listen(protocol, port)) => listen(protocol, port),
+        Err(message) => {
+            eprintln!("netprobe: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Command {
+    Connect(Protocol, SocketAddr),
+    Send(SocketAddr),
+    Listen(Protocol, u16),
+}
+
+fn parse(args: &[&str]) -> Result<Command, String> {
+    match args {
+        ["connect", protocol, addr, port] => Ok(Command::Connect(
+            parse_protocol(protocol)?,
+            parse_target(addr, port)?,
+        )),
+        ["send", "udp", addr, port] => Ok(Command::Send(parse_target(addr, port)?)),
+        ["listen", protocol, port] => Ok(Command::Listen(
+            parse_protocol(protocol)?,
+            parse_port(port)?,
+        )),
+        _ => Err(format!("invalid arguments {args:?}")),
+    }
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("invalid protocol {text:?}, expected tcp or udp")),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse().map_err(|_| format!("invalid port {text:?}"))
+}
+
+fn parse_target(addr: &str, port: &str) -> Result<SocketAddr, String> {
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("invalid IP address {addr:?}"))?;
+    Ok(SocketAddr::new(ip, parse_port(port)?))
+}
+
+fn report(result: io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            // std reports its own connect timeout without an errno.
+            let errno = error.raw_os_error().unwrap_or(match error.kind() {
+                io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+                _ => libc::EIO,
+            });
+            println!("error errno={errno} {}", describe_errno(errno));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe_errno(errno: i32) -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, and the XSI
+    // strerror_r always NUL-terminates what it writes on success.
+    let status = unsafe { libc::strerror_r(errno, buffer.as_mut_ptr().cast(), buffer.len()) };
+    if status != 0 {
+        return format!("unknown error {errno}");
+    }
+    let end = buffer
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// Any-address of the same family as `target`, for binding client sockets.
+fn unspecified_for(target: SocketAddr) -> SocketAddr {
+    match target {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("valid literal"),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+fn connect(protocol: Protocol, target: SocketAddr) -> io::Result<()> {
+    match protocol {
+        Protocol::Tcp => {
+            TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
+            Ok(())
+        }
+        Protocol::Udp => {
+            let socket = UdpSocket::bind(unspecified_for(target))?;
+            socket.connect(target)?;
+            socket.send(PAYLOAD)?;
+            Ok(())
+        }
+    }
+}
+
+fn send_unconnected(target: SocketAddr) -> io::Result<()> {
+    let socket = UdpSocket::bind(unspecified_for(target))?;
+    socket.send_to(PAYLOAD, target)?;
+    Ok(())
+}
+
+fn listen(protocol: Protocol, port: u16) -> ExitCode {
+    let mut workers = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let label = if family == libc::AF_INET {
+            "0.0.0.0"
+        } else {
+            "[::]"
+        };
+        match bind_any(protocol, family, port) {
+            Ok(socket) => {
+                println!("listening {} {label}:{port}", protocol_name(protocol));
+                workers.push(std::thread::spawn(move || serve(protocol, socket)));
+            }
+            Err(error) => eprintln!("netprobe: cannot bind {label}:{port}: {error}"),
+        }
+    }
+    if workers.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    io::stdout().flush().ok();
+    for worker in workers {
+        worker.join().ok();
+    }
+    ExitCode::FAILURE
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn serve(protocol: Protocol, socket: OwnedFd) {
+    match protocol {
+        Protocol::Tcp => {
+            let listener = TcpListener::from(socket);
+            for stream in listener.incoming().flatten() {
+                reply_tcp(stream);
+            }
+        }
+        Protocol::Udp => {
+            let socket = UdpSocket::from(socket);
+            let mut buffer = [0u8; 2048];
+            while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                socket.send_to(REPLY, peer).ok();
+            }
+        }
+    }
+}
+
+fn reply_tcp(mut stream: TcpStream) {
+    stream.write_all(REPLY).ok();
+    stream.shutdown(std::net::Shutdown::Write).ok();
+    // Drain what the client sent so that closing does not send a reset.
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT)).ok();
+    let mut sink = [0u8; 512];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// Opens a socket bound to the any-address of `family` on `port`. The IPv6
+/// socket is IPv6-only so that it can share the port with the IPv4 one.
+fn bind_any(protocol: Protocol, family: libc::c_int, port: u16) -> io::Result<OwnedFd> {
+    let kind = match protocol {
+        Protocol::Tcp => libc::SOCK_STREAM,
+        Protocol::Udp => libc::SOCK_DGRAM,
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created, so no other owner can close it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    if family == libc::AF_INET6 {
+        set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    }
+    bind_port(fd, family, port)?;
+    if let Protocol::Tcp = protocol {
+        // SAFETY: `fd` is a valid, bound stream socket.
+        if unsafe { libc::listen(fd, 128) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(socket)
+}
+
+fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let enabled: libc::c_int = 1;
+    // SAFETY: the option value points at a live c_int of the size passed.
+    let status = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&enabled as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn bind_port(fd: libc::c_int, family: libc::c_int, port: u16) -> io::Result<()> {
+    // SAFETY: the address structs are zeroed (the any-address), filled in
+    // for their family, and passed with their own size.
+    let status = unsafe {
+        if family == libc::AF_INET {
+            let mut address: libc::sockaddr_in = std::mem::zeroed();
+            address.sin_family = libc::AF_INET as libc::sa_family_t;
+            address.sin_port = port.to_be();
+            libc::bind(
+                fd,
+                (&address as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        } else {
+            let mut address: libc::sockaddr_in6 = std::mem::zeroed();
+            address.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            address.sin6_port = port.to_be();
+            libc::bind(
+                fd,
+                (&address as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

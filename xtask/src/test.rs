@@ -1,0 +1,123 @@
+//! `cargo xtask test` and `cargo xtask demo`.
+//!
+//! The end-to-end tests share kernel state and a private containerd, so
+//! they run one at a time. A test that cannot run on this machine prints a
+//! line starting with `SKIPPED:` and returns; cargo counts it as passed, so
+//! this task counts those lines and reports them as skipped instead.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::setup::run_command;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn build_release() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    run_command(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--release", "--bins"]),
+    )?;
+    Ok(root.join("target/release/parapet"))
+}
+
+pub fn run(test_args: &[String]) -> anyhow::Result<()> {
+    let agent = build_release()?;
+    let mut child = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["test", "--release", "--no-fail-fast", "--"])
+        .args(["--test-threads=1", "--nocapture"])
+        .args(test_args)
+        .env("PARAPET_BIN", &agent)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("failed to start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let mut summary = Summary::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("failed to read the output of cargo test")?;
+        println!("{line}");
+        summary.read_line(&line);
+    }
+    let status = child.wait().context("failed to wait for cargo test")?;
+    let passed = summary.passed.saturating_sub(summary.skipped);
+    println!(
+        "summary: {passed} passed, {} failed, {} skipped",
+        summary.failed, summary.skipped
+    );
+    if !status.success() || summary.failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Summary {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl Summary {
+    /// Adds up cargo's `test result:` lines and the `SKIPPED:` lines.
+    fn read_line(&mut self, line: &str) {
+        if line.starts_with("SKIPPED:") {
+            self.skipped += 1;
+            return;
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn demo() -> anyhow::Result<()> {
+    let agent = build_release()?;
+    let demo = workspace_root().join("target/release/parapet-demo");
+    run_command(Command::new(&demo).env("PARAPET_BIN", &agent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn summary_counts_results_and_skips() {
+        let mut summary = Summary::default();
+        for line in [
+            "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "SKIPPED: not root",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            summary.read_line(line);
+        }
+        assert_eq!(summary.passed, 6);
+        assert_eq!(summary.failed, 2);
+        assert_eq!(summary.skipped, 1);
+    }
+}
