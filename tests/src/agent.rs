@@ -350,3 +350,16 @@ pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         })
         .next()
 }
+
+/// Returns how many BPF programs with a Parapet program name the kernel has
+/// loaded (the kernel keeps the first 15 bytes of each name).
+pub fn loaded_parapet_programs() -> Result<usize> {
+    let mut count = 0;
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("failed to list loaded BPF programs")?;
+        if program.name_as_str().is_some_and(|name| name.starts_with("parapet_")) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}

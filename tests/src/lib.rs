@@ -3,11 +3,12 @@
 //! the kubelet runs them.
 //!
 //! ```no_run
-//! # async fn example() -> anyhow::Result<()> {
+//! # async fn example(netprobe: &std::path::Path) -> anyhow::Result<()> {
 //! use parapet_tests::{Containerd, Pod};
 //!
 //! parapet_tests::skip_unless_testbed!(Ok(()));
-//! let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+//! // In an integration test of this crate: env!("CARGO_BIN_EXE_netprobe").
+//! let containerd = Containerd::start(netprobe).await?;
 //! let pod = Pod::run(&containerd, "client", "default", &[("app", "client")]).await?;
 //! let output = pod.exec(&["netprobe", "connect", "tcp", "10.240.0.2", "80"]).await?;
 //! containerd.cleanup().await?;

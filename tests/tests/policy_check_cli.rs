@@ -1,0 +1,84 @@
+//! `parapet policy check` as an operator runs it: the real binary, on the
+//! policy corpus, from the repository root with relative paths.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is one level below the repository root")
+        .to_owned()
+}
+
+fn policy_check(files: &[&str]) -> Result<(bool, String)> {
+    let output = Command::new(parapet_tests::agent::parapet_bin()?)
+        .current_dir(repo_root())
+        .args(["policy", "check"])
+        .args(files)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok((output.status.success(), text))
+}
+
+#[test]
+fn check_accepts_the_valid_corpus_and_examples() -> Result<()> {
+    let mut files: Vec<String> = std::fs::read_dir(repo_root().join("tests/policies/good"))?
+        .map(|entry| entry.map(|e| format!("tests/policies/good/{}", e.file_name().to_string_lossy())))
+        .collect::<Result<_, _>>()?;
+    for example in std::fs::read_dir(repo_root().join("deploy/policies"))? {
+        files.push(format!("deploy/policies/{}", example?.file_name().to_string_lossy()));
+    }
+    let arguments: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (success, output) = policy_check(&arguments)?;
+    assert!(success, "{output}");
+    for file in &files {
+        assert!(output.contains(&format!("{file}: OK")), "{file} missing from:\n{output}");
+    }
+    Ok(())
+}
+
+#[test]
+fn check_names_file_line_and_column() -> Result<()> {
+    for (file, expected) in [
+        ("tests/policies/bad/malformed-yaml.yaml", "tests/policies/bad/malformed-yaml.yaml:10:7: invalid YAML"),
+        (
+            "tests/policies/bad/misspelled-egress.yaml",
+            "tests/policies/bad/misspelled-egress.yaml:12:5: spec.network: unknown field `egres`",
+        ),
+        (
+            "tests/policies/bad/invalid-cidr.yaml",
+            "tests/policies/bad/invalid-cidr.yaml:",
+        ),
+    ] {
+        let (success, output) = policy_check(&[file])?;
+        assert!(!success, "{file} passed the check:\n{output}");
+        assert!(output.contains(expected), "expected {expected:?} in:\n{output}");
+        let expected_lines = std::fs::read_to_string(repo_root().join(file.replace(".yaml", ".expected")))?;
+        for line in expected_lines.lines() {
+            assert!(output.contains(line), "expected {line:?} in:\n{output}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn check_fails_when_any_file_is_invalid() -> Result<()> {
+    let (success, output) = policy_check(&[
+        "deploy/policies/records-db-egress.yaml",
+        "tests/policies/bad/port-zero.yaml",
+    ])?;
+    assert!(!success, "{output}");
+    assert!(output.contains("deploy/policies/records-db-egress.yaml: OK"), "{output}");
+    assert!(output.contains("tests/policies/bad/port-zero.yaml:"), "{output}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_a_missing_file() -> Result<()> {
+    let (success, output) = policy_check(&["tests/policies/no-such-file.yaml"])?;
+    assert!(!success);
+    assert!(output.contains("tests/policies/no-such-file.yaml:1:1:"), "{output}");
+    Ok(())
+}
