@@ -351,15 +351,40 @@ pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .next()
 }
 
-/// Returns how many BPF programs with a Parapet program name the kernel has
-/// loaded (the kernel keeps the first 15 bytes of each name).
-pub fn loaded_parapet_programs() -> Result<usize> {
-    let mut count = 0;
-    for program in aya::programs::loaded_programs() {
-        let program = program.context("failed to list loaded BPF programs")?;
-        if program.name_as_str().is_some_and(|name| name.starts_with("parapet_")) {
-            count += 1;
-        }
+/// Returns how many BPF programs are attached directly to the cgroup `dir`
+/// on the connect and UDP sendmsg hooks, IPv4 and IPv6.
+pub fn socket_programs_attached(dir: &Path) -> Result<u32> {
+    /// `BPF_PROG_QUERY` and the attach types, from `include/uapi/linux/bpf.h`.
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const ATTACH_TYPES: [u32; 4] = [10, 11, 14, 15];
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_count: u32,
+        padding: [u32; 9],
     }
-    Ok(count)
+    let cgroup = fs::File::open(dir).with_context(|| format!("failed to open {}", dir.display()))?;
+    let mut total = 0;
+    for attach_type in ATTACH_TYPES {
+        let mut attr = QueryAttr {
+            target_fd: std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u32,
+            attach_type,
+            ..QueryAttr::default()
+        };
+        // SAFETY: `attr` is a zeroed bpf_attr prefix for BPF_PROG_QUERY with
+        // no id buffer, so the kernel only writes `prog_count`.
+        let result = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut attr as *mut QueryAttr, size_of::<QueryAttr>())
+        };
+        if result != 0 {
+            bail!("BPF_PROG_QUERY on {} failed: {}", dir.display(), std::io::Error::last_os_error());
+        }
+        total += attr.prog_count;
+    }
+    Ok(total)
 }
