@@ -25,6 +25,9 @@ pub mod program_names {
     pub const SENDMSG6: &str = "parapet_sendmsg6";
     /// On the `sched/sched_process_exec` tracepoint.
     pub const EXEC: &str = "parapet_exec";
+    /// A BPF LSM program that is loaded at start-up to probe for BPF LSM
+    /// support and never attached.
+    pub const PROBE_LSM: &str = "parapet_probe_lsm";
 }
 
 /// Policies that one cgroup can be under at once. Several policies that

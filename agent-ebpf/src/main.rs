@@ -12,6 +12,7 @@ mod events;
 mod exec;
 mod net;
 mod policed;
+mod probe;
 
 #[cfg(not(test))]
 #[panic_handler]

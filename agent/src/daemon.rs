@@ -22,6 +22,7 @@ use crate::{
     enforce::Enforcer,
     kernel::Kernel,
     metrics,
+    probe::{Backend, Promise},
     reader::{self, Namer},
     status::{self, PolicyStatus, Status, WorkloadStatus},
     identity::workload_identities,
@@ -35,6 +36,8 @@ pub struct AgentOptions {
     pub metrics_address: SocketAddr,
     pub api_socket: PathBuf,
     pub node_name: Option<String>,
+    /// Refuse to start unless the BPF LSM backend can be used.
+    pub require_lsm: bool,
 }
 
 /// How often the agent looks for new and removed workloads.
@@ -64,7 +67,29 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
     let mut kernel = Kernel::load_and_attach(&attach)
         .with_context(|| format!("failed to set up the kernel programs on {}", attach.display()))?;
-    info!(cgroup = %attach.display(), "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6");
+    info!(cgroup = %attach.display(), "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6, sched_process_exec");
+    let backends = kernel.probe.choose();
+    for choice in &backends {
+        info!(
+            promise = choice.promise.as_str(),
+            backend = %choice.backend,
+            reason = %choice.reason,
+            "enforcement backend chosen"
+        );
+    }
+    if options.require_lsm {
+        let lsm_in_use = backends
+            .iter()
+            .filter(|choice| choice.promise != Promise::Network)
+            .all(|choice| choice.backend == Backend::Lsm);
+        if !lsm_in_use {
+            let reason = match kernel.probe.lsm_usable() {
+                Ok(()) => "this agent has no LSM backend yet".to_owned(),
+                Err(error) => error,
+            };
+            bail!("--require-lsm is set, but the BPF LSM backend cannot be used: {reason}");
+        }
+    }
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::default()));
@@ -88,6 +113,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let metrics_state = Arc::new(metrics::MetricsState {
         kernel: Arc::clone(&kernel),
         identities: Arc::clone(&identities),
+        backends: backends.clone(),
     });
     let metrics_listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
@@ -101,6 +127,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let status_snapshot = Arc::new(RwLock::new(Status {
         node: node.clone(),
         attach_cgroup: attach.display().to_string(),
+        backends,
         ..Status::default()
     }));
     let listener = api::bind(&options.api_socket)?;

@@ -13,6 +13,8 @@ use aya::{
 };
 use parapet_common::{CgroupPolicies, CounterKey, map_names, net::NetPolicy, program_names};
 
+use crate::probe::Probe;
+
 /// The kernel programs, built for the BPF target by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/parapet-ebpf"));
 
@@ -64,6 +66,8 @@ pub struct Kernel {
     pub losses: PerCpuArray<MapData, u64>,
     /// Taken out by the event reader.
     pub events: Option<RingBuf<MapData>>,
+    /// What the start-up probe found.
+    pub probe: Probe,
 }
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [
@@ -79,6 +83,7 @@ impl Kernel {
     pub fn load_and_attach(cgroup: &Path) -> Result<Self, KernelError> {
         ensure_tracefs()?;
         let mut ebpf = Ebpf::load(PROGRAMS).map_err(KernelError::Load)?;
+        let probe = Probe::run(&mut ebpf);
         let cgroup_file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
             path: cgroup.to_owned(),
             source,
@@ -124,6 +129,7 @@ impl Kernel {
             decision_counters: take_map(&mut ebpf, map_names::DECISION_COUNTERS)?,
             losses: take_map(&mut ebpf, map_names::LOSSES)?,
             events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
+            probe,
             _ebpf: ebpf,
         })
     }

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod reader;
 pub mod status;
 pub mod tail;

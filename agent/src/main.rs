@@ -46,6 +46,10 @@ struct AgentArgs {
     /// Node name reported in events. Default: $NODE_NAME, else the host name.
     #[arg(long)]
     node_name: Option<String>,
+    /// Refuse to start unless the BPF LSM backend can enforce the
+    /// filesystem and exec promises.
+    #[arg(long)]
+    require_lsm: bool,
     /// Log format on standard error.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -97,6 +101,10 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Agent(args) => {
             init_logging(args.log_format);
+            if let Err(error) = private_mount_namespace() {
+                eprintln!("parapet: {error:#}");
+                return ExitCode::FAILURE;
+            }
             run_async(daemon::run(daemon::AgentOptions {
                 policy_dir: args.policy_dir,
                 cri_socket: args.cri_socket,
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
                 metrics_address: args.metrics_address,
                 api_socket: args.api_socket,
                 node_name: args.node_name,
+                require_lsm: args.require_lsm,
             }))
         }
         Command::Tail(args) => run_async(tail::run(
@@ -157,11 +166,43 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Moves the agent into a mount namespace of its own, receiving the host's
+/// mount events but sending none back, so that the tracefs and securityfs
+/// mounts it may make stay private to it. Runs before any thread starts,
+/// because unshare(CLONE_NEWNS) fails in a multi-threaded process.
+fn private_mount_namespace() -> anyhow::Result<()> {
+    // SAFETY: plain syscalls on constant arguments, made while the process
+    // has a single thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        anyhow::bail!(
+            "unshare(CLONE_NEWNS) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let result = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        )
+    };
+    if result != 0 {
+        anyhow::bail!(
+            "making the agent's mounts private (mount MS_REC|MS_SLAVE on /) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -12,11 +12,16 @@ use axum::{Router, http::header, response::IntoResponse, routing::get};
 use parapet_common::{EventKind, Verdict, loss};
 use tracing::{info, warn};
 
-use crate::{identity::Identities, kernel::Kernel};
+use crate::{
+    identity::Identities,
+    kernel::Kernel,
+    probe::{Choice, Promise},
+};
 
 pub struct MetricsState {
     pub kernel: Arc<Mutex<Kernel>>,
     pub identities: Arc<RwLock<Identities>>,
+    pub backends: Vec<Choice>,
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
@@ -101,6 +106,7 @@ fn render(state: &MetricsState) -> String {
         decisions.iter().filter(|(key, _)| key.verdict == Verdict::Allow),
         false,
     );
+    write_backends(&mut out, &state.backends);
     let _ = writeln!(
         out,
         "# HELP parapet_events_lost_total Event records the kernel could not hand to the agent, and decisions it could not count, by reason."
@@ -147,6 +153,28 @@ fn write_decisions<'a>(
             let _ = write!(out, ",verdict=\"{verdict}\"");
         }
         let _ = writeln!(out, "}} {value}");
+    }
+}
+
+/// One series per promise and possible backend: 1 for the backend in use,
+/// 0 for the others.
+fn write_backends(out: &mut String, backends: &[Choice]) {
+    let _ = writeln!(
+        out,
+        "# HELP parapet_backend_info Enforcement backend per promise: 1 for the one in use, 0 for the others it could use."
+    );
+    let _ = writeln!(out, "# TYPE parapet_backend_info gauge");
+    for promise in Promise::ALL {
+        let chosen = backends.iter().find(|c| c.promise == promise).map(|c| c.backend);
+        for &backend in promise.backends() {
+            let value = u8::from(chosen == Some(backend));
+            let _ = writeln!(
+                out,
+                "parapet_backend_info{{promise=\"{}\",backend=\"{}\"}} {value}",
+                promise.as_str(),
+                backend.as_str()
+            );
+        }
     }
 }
 

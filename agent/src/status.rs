@@ -12,6 +12,8 @@ pub struct Status {
     pub node: String,
     /// The cgroup the kernel programs are attached to.
     pub attach_cgroup: String,
+    /// The backend in use per promise, and why it was chosen.
+    pub backends: Vec<crate::probe::Choice>,
     pub policies: Vec<PolicyStatus>,
     pub workloads: Vec<WorkloadStatus>,
     /// Cgroup ids that have an entry in the kernel's policy map.
@@ -57,6 +59,15 @@ pub fn render_text(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "node:           {}", status.node);
     let _ = writeln!(out, "attached to:    {}", status.attach_cgroup);
+    for choice in &status.backends {
+        let _ = writeln!(
+            out,
+            "{:<15} {} ({})",
+            format!("{}:", choice.promise.as_str()),
+            choice.backend,
+            choice.reason
+        );
+    }
     if let Some(error) = &status.policy_error {
         let _ = writeln!(out, "last reload:    FAILED, previous policies stay in force:");
         for line in error.lines() {

@@ -7,10 +7,15 @@
 //! expected lines name files relative to the repository root (for example
 //! `tests/policies/bad/port-zero.yaml:16:19: ...`) wherever the checkout is.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use parapet::policy::{check_files, load_dir, load_file};
+use parapet::policy::{
+    FilesystemPolicy, Mode, Workload, check_files, evaluate_exec, exec_plan, load_dir, load_file,
+    read_only_plan, select,
+};
+use parapet_common::Verdict;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -69,6 +74,80 @@ fn good_policy_check_output() {
     assert_eq!(
         check_output(&file),
         "tests/policies/good/multi-document.yaml: OK (records-api, billing-worker)\n"
+    );
+}
+
+#[test]
+fn good_filesystem_and_exec_sections() {
+    let good = repo_root().join("tests/policies/good");
+    let read_only = load_file(good.join("read-only-clinic-db.yaml")).unwrap();
+    assert_eq!(
+        read_only[0].filesystem,
+        Some(FilesystemPolicy {
+            read_only: true,
+            writable_paths: vec![
+                PathBuf::from("/tmp"),
+                PathBuf::from("/var/run/postgresql"),
+                PathBuf::from("/var/lib/postgresql/data"),
+            ],
+        })
+    );
+    let allow = load_file(good.join("exec-allow.yaml")).unwrap();
+    let exec = allow[0].exec.as_ref().unwrap();
+    assert_eq!(exec.allow.as_ref().map(Vec::len), Some(2));
+    assert_eq!(exec.deny, Vec::<PathBuf>::new());
+    let deny = load_file(good.join("exec-deny-tools.yaml")).unwrap();
+    let exec = deny[0].exec.as_ref().unwrap();
+    assert_eq!(exec.allow, None);
+    assert!(exec.deny.contains(&PathBuf::from("/usr/bin/apt")));
+    assert_eq!(deny[0].mode, Mode::Audit);
+}
+
+/// The records database is selected by three good policies, one for each
+/// section, and combining them gives the rules of each.
+#[test]
+fn good_records_db_policies_combine() {
+    let policies = load_dir(repo_root().join("tests/policies/good")).unwrap();
+    let labels = BTreeMap::from([("app".to_owned(), "records-db".to_owned())]);
+    let postgres = Workload {
+        namespace: "clinic",
+        pod_labels: &labels,
+        container_name: Some("postgres"),
+    };
+    let selected = select(&policies, &postgres);
+    let names: Vec<&str> = selected.iter().map(|policy| policy.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["records-db", "records-db-programs", "records-db-read-only"]
+    );
+
+    let plan = read_only_plan(&selected).unwrap();
+    assert_eq!(plan.mode, Mode::Enforce);
+    assert_eq!(plan.policies, ["records-db-read-only"]);
+    assert_eq!(
+        plan.writable_paths,
+        [
+            Path::new("/tmp"),
+            Path::new("/var/lib/postgresql/data"),
+            Path::new("/var/run/postgresql"),
+        ]
+    );
+
+    let exec = exec_plan(&selected).unwrap();
+    assert_eq!(exec.policies.len(), 1);
+    assert_eq!(exec.policies[0].policy, "records-db-programs");
+    assert_eq!(exec.policies[0].mode, Mode::Enforce);
+    // Identity by path alone: no file in the test has a second name.
+    let same_path = |program: &Path, listed: &Path| program == listed;
+    let server = Path::new("/usr/lib/postgresql/15/bin/postgres");
+    let shell = Path::new("/bin/sh");
+    assert_eq!(
+        evaluate_exec(&selected, server, same_path).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        evaluate_exec(&selected, shell, same_path).verdict,
+        Verdict::Deny
     );
 }
 

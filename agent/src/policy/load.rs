@@ -375,6 +375,8 @@ fn build_policy(
         position,
         selector: document.selector,
         mode: document.mode,
+        filesystem: document.filesystem,
+        exec: document.exec,
         network,
     })
 }
@@ -585,17 +587,10 @@ spec:
             ["policies/db.yaml:12:5: spec.network: unknown field `ingress`, expected `egress`"]
         );
         assert_eq!(
-            errors(&clinic_with(11, "  filesystem:")),
+            errors(&clinic_with(11, "  processes:")),
             [
-                "policies/db.yaml:11:3: spec: unknown field `filesystem`, expected one of `selector`, \
-              `mode`, `network`"
-            ]
-        );
-        assert_eq!(
-            errors(&clinic_with(11, "  exec:")),
-            [
-                "policies/db.yaml:11:3: spec: unknown field `exec`, expected one of `selector`, \
-              `mode`, `network`"
+                "policies/db.yaml:11:3: spec: unknown field `processes`, expected one of \
+                 `selector`, `mode`, `filesystem`, `exec`, `network`"
             ]
         );
     }

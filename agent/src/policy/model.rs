@@ -24,6 +24,10 @@ pub struct Policy {
     pub position: Position,
     pub selector: Selector,
     pub mode: Mode,
+    /// `spec.filesystem`, or `None` when the policy does not restrict writes.
+    pub filesystem: Option<FilesystemPolicy>,
+    /// `spec.exec`, or `None` when the policy does not restrict programs.
+    pub exec: Option<ExecPolicy>,
     /// `spec.network`, or `None` when the policy does not mention the network.
     pub network: Option<NetworkPolicy>,
 }
@@ -41,6 +45,36 @@ pub struct Selector {
     /// Container names, or `None` to select every container of the pod and
     /// the pod itself.
     pub containers: Option<Vec<String>>,
+}
+
+/// `spec.filesystem` of a policy.
+///
+/// Policies read from files always satisfy the rules of the module
+/// documentation: `writable_paths` is empty unless `read_only` is true, and
+/// its entries are valid absolute paths, none of them `/`, none inside
+/// another, at most [`MAX_WRITABLE_PATHS`](super::MAX_WRITABLE_PATHS).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilesystemPolicy {
+    /// `readOnly`: when true, only `writable_paths` accept writes.
+    pub read_only: bool,
+    /// `writablePaths`, in file order: directories or files that stay
+    /// writable, with everything below them.
+    pub writable_paths: Vec<PathBuf>,
+}
+
+/// `spec.exec` of a policy.
+///
+/// Policies read from files always have an `allow` list or a non-empty
+/// `deny` list, valid absolute paths, no path twice and no path in both
+/// lists, and at most [`MAX_EXEC_LIST_PATHS`](super::MAX_EXEC_LIST_PATHS)
+/// paths per list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecPolicy {
+    /// `allow`: the only programs that may run, or `None` when the policy
+    /// has no allow list. An empty list lets no program run.
+    pub allow: Option<Vec<PathBuf>>,
+    /// `deny`: programs that may never run.
+    pub deny: Vec<PathBuf>,
 }
 
 /// `spec.network` of a policy.

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::model::{EgressRule, Mode, Peer, PortRange, Protocol, Selector};
+use super::model::{
+    EgressRule, ExecPolicy, FilesystemPolicy, Mode, Peer, PortRange, Protocol, Selector,
+};
 use super::{API_VERSION, KIND};
 
 /// One non-empty document of a policy file, before the checks that need the
@@ -27,6 +29,8 @@ pub(super) struct PolicyDocument {
     pub name: String,
     pub selector: Selector,
     pub mode: Mode,
+    pub filesystem: Option<FilesystemPolicy>,
+    pub exec: Option<ExecPolicy>,
     /// `spec.network`: `None` when absent, `Some(None)` when it has no
     /// `egress` field.
     pub network: Option<Option<Vec<EgressRule>>>,
@@ -42,6 +46,8 @@ impl<'de> Deserialize<'de> for PolicyDocument {
                     name: fields.metadata.name.0,
                     selector: fields.spec.selector,
                     mode: fields.spec.mode.0,
+                    filesystem: fields.spec.filesystem,
+                    exec: fields.spec.exec,
                     network: fields.spec.network.map(|network| network.egress),
                 })
             },
@@ -71,6 +77,10 @@ struct MetadataFields {
 struct SpecFields {
     selector: Selector,
     mode: ModeField,
+    #[serde(default, deserialize_with = "present")]
+    filesystem: Option<FilesystemPolicy>,
+    #[serde(default, deserialize_with = "present")]
+    exec: Option<ExecPolicy>,
     #[serde(default, deserialize_with = "present")]
     network: Option<NetworkFields>,
 }
@@ -534,7 +544,7 @@ impl<T> Visitor<'_> for CheckedStrVisitor<T> {
 /// Deserializes the fields `F` of a mapping and turns them into `T` inside
 /// `visit_map`, so that an error from `check` carries the position and path
 /// of the mapping.
-fn deserialize_checked_map<'de, D, F, T>(
+pub(super) fn deserialize_checked_map<'de, D, F, T>(
     deserializer: D,
     expecting: &'static str,
     check: fn(F) -> Result<T, String>,

@@ -219,6 +219,8 @@ mod tests {
             position: Position::FILE_START,
             selector: Selector::default(),
             mode: Mode::Enforce,
+            filesystem: None,
+            exec: None,
             network: None,
         };
         assert!(!policy.selects_pod("clinic", &labels(&[])));

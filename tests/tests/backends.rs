@@ -1,0 +1,72 @@
+//! The start-up probe: the backend chosen per promise shows in the log, in
+//! `/metrics` and in `parapet status`, and `--require-lsm` refuses to start
+//! where BPF LSM cannot enforce.
+
+use anyhow::Result;
+use parapet_tests::{
+    Containerd,
+    agent::{Agent, metric_value, parapet_bin},
+};
+
+#[tokio::test]
+async fn chosen_backends_are_reported() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let mut agent = Agent::start(&containerd, &[])?;
+    agent.wait_ready()?;
+
+    for promise in ["network", "filesystem", "exec"] {
+        agent.wait_for_log(&["enforcement backend chosen", &format!("promise=\"{promise}\"")])?;
+    }
+    let status = agent.status().await?;
+    let backends: Vec<(String, String)> = status
+        .backends
+        .iter()
+        .map(|c| (c.promise.as_str().to_owned(), c.backend.as_str().to_owned()))
+        .collect();
+    assert_eq!(backends.len(), 3, "{backends:?}");
+    let metrics = agent.metrics()?;
+    for (promise, backend) in &backends {
+        let labels = [("promise", promise.as_str()), ("backend", backend.as_str())];
+        assert_eq!(metric_value(&metrics, "parapet_backend_info", &labels), Some(1.0), "{metrics}");
+    }
+    let network = [("promise", "network"), ("backend", "cgroup-socket")];
+    assert_eq!(metric_value(&metrics, "parapet_backend_info", &network), Some(1.0));
+    let unused = metrics
+        .lines()
+        .filter(|line| line.starts_with("parapet_backend_info{") && line.ends_with(" 0"))
+        .count();
+    assert_eq!(unused, 2, "one unused backend each for filesystem and exec:\n{metrics}");
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn require_lsm_refuses_without_the_lsm_backend() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let policies = containerd.dir().join("empty-policies");
+    std::fs::create_dir(&policies)?;
+    let output = std::process::Command::new(parapet_bin()?)
+        .arg("agent")
+        .arg("--require-lsm")
+        .arg("--policy-dir")
+        .arg(&policies)
+        .arg("--cri-socket")
+        .arg(containerd.socket())
+        .arg("--cgroup-root")
+        .arg(containerd.cgroup().v2_path())
+        .args(["--metrics-address", "127.0.0.1:0", "--api-socket"])
+        .arg(containerd.dir().join("api.sock"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--require-lsm is set, but the BPF LSM backend cannot be used"),
+        "{stderr}"
+    );
+    containerd.cleanup().await?;
+    Ok(())
+}
