@@ -23,6 +23,9 @@ pub mod program_names {
     pub const CONNECT6: &str = "parapet_connect6";
     pub const SENDMSG4: &str = "parapet_sendmsg4";
     pub const SENDMSG6: &str = "parapet_sendmsg6";
+    pub const SOCK_CREATE: &str = "parapet_sock_create";
+    /// On the `syscalls/sys_enter_socket` tracepoint, for packet sockets.
+    pub const SOCKET_ENTER: &str = "parapet_socket_enter";
     /// On the `sched/sched_process_exec` tracepoint.
     pub const EXEC: &str = "parapet_exec";
     /// A BPF LSM program that is loaded at start-up to probe for BPF LSM
@@ -127,6 +130,11 @@ pub enum EventKind {
     Connect = 1,
     /// `sendmsg(2)` or `sendto(2)` with a destination on a UDP socket.
     Sendmsg = 2,
+    /// `socket(2)` of a kind the socket programs cannot check, refused for
+    /// workloads whose egress is restricted: raw and packet sockets, and IP
+    /// protocols other than TCP, UDP and MPTCP (UDP-Lite connects, for one,
+    /// pass no connect hook).
+    Socket = 3,
 }
 
 impl EventKind {
@@ -134,6 +142,7 @@ impl EventKind {
         match value {
             1 => Some(Self::Connect),
             2 => Some(Self::Sendmsg),
+            3 => Some(Self::Socket),
             _ => None,
         }
     }
@@ -143,7 +152,8 @@ impl EventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CounterKey {
-    /// Cgroup of the process that made the call.
+    /// Cgroup whose policy entry applied (a container's or a pod's), so
+    /// that processes in nested cgroups are counted under their workload.
     pub cgroup_id: u64,
     /// Policy slot the verdict is charged to.
     pub policy_slot: u32,

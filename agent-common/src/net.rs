@@ -18,8 +18,17 @@ pub const PROTOCOL_ANY: u32 = 0;
 pub const PROTOCOL_TCP: u32 = 6;
 pub const PROTOCOL_UDP: u32 = 17;
 
+/// Third word of an IPv4-mapped address (`::ffff:0:0/96`) in the layout of
+/// `NetRule::addr`.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 pub const FAMILY_INET: u16 = 2;
 pub const FAMILY_INET6: u16 = 10;
+
+/// `NetRule::flags` bit: the rule names IPv6 addresses only, so it never
+/// matches an IPv4 peer, even where its prefix covers `::ffff:0:0/96`
+/// (`::/0`, for one). IPv4 peers need IPv4 rules.
+pub const RULE_IPV6_ONLY: u32 = 1;
 
 /// One allowed peer: an address range, a port range and a protocol.
 #[repr(C)]
@@ -39,6 +48,8 @@ pub struct NetRule {
     /// Index of the egress rule in the policy this entry came from, reported
     /// in events and counters.
     pub rule: u32,
+    /// `RULE_IPV6_ONLY` or 0.
+    pub flags: u32,
 }
 
 impl NetRule {
@@ -46,14 +57,30 @@ impl NetRule {
     /// `NetRule::addr` and `port` in host byte order.
     #[inline(always)]
     pub fn matches(&self, addr: &[u32; 4], port: u16, protocol: u32) -> bool {
-        (self.protocol == PROTOCOL_ANY || self.protocol == protocol)
-            && port >= self.port_min
-            && port <= self.port_max
-            && addr[0] & self.mask[0] == self.addr[0]
-            && addr[1] & self.mask[1] == self.addr[1]
-            && addr[2] & self.mask[2] == self.addr[2]
-            && addr[3] & self.mask[3] == self.addr[3]
+        self.matches_peer(addr, port, protocol, is_ipv4_mapped(addr))
     }
+
+    /// `matches`, with whether the peer is an IPv4 address worked out once
+    /// by the caller. The tests are combined without short-circuiting, so
+    /// that the kernel programs have few branches for the verifier to
+    /// explore (it rejects a program after one million instructions).
+    #[inline(always)]
+    pub fn matches_peer(&self, addr: &[u32; 4], port: u16, protocol: u32, ipv4_peer: bool) -> bool {
+        let family = (self.flags & RULE_IPV6_ONLY == 0) | !ipv4_peer;
+        let protocol = (self.protocol == PROTOCOL_ANY) | (self.protocol == protocol);
+        let port = (port >= self.port_min) & (port <= self.port_max);
+        let differences = ((addr[0] & self.mask[0]) ^ self.addr[0])
+            | ((addr[1] & self.mask[1]) ^ self.addr[1])
+            | ((addr[2] & self.mask[2]) ^ self.addr[2])
+            | ((addr[3] & self.mask[3]) ^ self.addr[3]);
+        family & protocol & port & (differences == 0)
+    }
+}
+
+/// Whether an address in the layout of `NetRule::addr` is IPv4-mapped.
+#[inline(always)]
+pub fn is_ipv4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD
 }
 
 /// Network part of one policy: value of `NET_POLICIES`, an array indexed by
@@ -94,10 +121,16 @@ pub struct NetEvent {
     pub addr: [u32; 4],
     /// Peer port, host byte order.
     pub port: u16,
-    /// `FAMILY_INET` or `FAMILY_INET6`: the socket's address family.
+    /// The socket's address family: `FAMILY_INET`, `FAMILY_INET6`, or
+    /// another for a refused socket creation.
     pub family: u16,
-    /// `PROTOCOL_TCP` or `PROTOCOL_UDP`.
+    /// IP protocol number of the socket: `PROTOCOL_TCP`, `PROTOCOL_UDP`, or
+    /// another for a refused socket creation.
     pub protocol: u32,
+    /// Socket type (`SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_RAW`...).
+    pub sock_type: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
     /// The calling process's program, when the kernel saw it start.
     pub binary: ExecPath,
 }

@@ -13,6 +13,7 @@ mod exec;
 mod net;
 mod policed;
 mod probe;
+mod socket;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -13,7 +13,9 @@ use aya_ebpf::{
 use parapet_common::{
     CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICIES_PER_CGROUP,
     MAX_POLICY_SLOTS, Mode, NO_RULE, Verdict,
-    net::{FAMILY_INET, FAMILY_INET6, MAX_NET_RULES, NetEvent, NetPolicy},
+    net::{
+        FAMILY_INET, FAMILY_INET6, MAX_NET_RULES, NetEvent, NetPolicy, V4_MAPPED_WORD, is_ipv4_mapped,
+    },
 };
 
 use crate::{counters::count_decision, events, exec, policed};
@@ -23,10 +25,7 @@ const DENY_EPERM: i32 = 0;
 
 /// Network part of each policy, indexed by policy slot.
 #[map]
-static NET_POLICIES: Array<NetPolicy> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
-
-/// `::ffff:0:0/96` prefix word: the third word of an IPv4-mapped address.
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+pub(crate) static NET_POLICIES: Array<NetPolicy> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn parapet_connect4(ctx: SockAddrContext) -> i32 {
@@ -49,11 +48,12 @@ pub fn parapet_sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 /// The peer of one call, in the layout of `NetRule::addr`.
-struct Peer {
-    addr: [u32; 4],
-    port: u16,
-    family: u16,
-    protocol: u32,
+pub(crate) struct Peer {
+    pub(crate) addr: [u32; 4],
+    pub(crate) port: u16,
+    pub(crate) family: u16,
+    pub(crate) protocol: u32,
+    pub(crate) sock_type: u32,
 }
 
 #[inline(always)]
@@ -68,6 +68,7 @@ fn check_v4(ctx: &SockAddrContext, kind: EventKind) -> i32 {
         port: u16::from_be(sock_addr.user_port as u16),
         family: FAMILY_INET,
         protocol: sock_addr.protocol,
+        sock_type: sock_addr.type_,
     };
     check(&policed, &peer, kind)
 }
@@ -91,35 +92,47 @@ fn check_v6(ctx: &SockAddrContext, kind: EventKind) -> i32 {
         port: u16::from_be(sock_addr.user_port as u16),
         family: FAMILY_INET6,
         protocol: sock_addr.protocol,
+        sock_type: sock_addr.type_,
     };
     check(&policed, &peer, kind)
 }
 
-/// One policy's say about a peer.
-struct Decision {
-    verdict: Verdict,
-    policy_slot: u32,
-    rule: u32,
+/// The verdict on one call, charged to one policy slot.
+pub(crate) struct Decision {
+    pub(crate) verdict: Verdict,
+    pub(crate) policy_slot: u32,
+    pub(crate) rule: u32,
 }
 
 #[inline(always)]
-fn check(policed: &policed::Policed, peer: &Peer, kind: EventKind) -> i32 {
+pub(crate) fn check(policed: &policed::Policed, peer: &Peer, kind: EventKind) -> i32 {
     let Some(decision) = decide(policed.policies, peer) else {
         // None of the cgroup's policies restricts egress.
         return ALLOW;
     };
+    count_and_report(policed, peer, kind, &decision);
+    match decision.verdict {
+        Verdict::Deny => DENY_EPERM,
+        Verdict::Allow | Verdict::Audit => ALLOW,
+    }
+}
+
+/// Counts a decision and sends its event record.
+#[inline(always)]
+pub(crate) fn count_and_report(
+    policed: &policed::Policed,
+    peer: &Peer,
+    kind: EventKind,
+    decision: &Decision,
+) {
     count_decision(&CounterKey {
-        cgroup_id: policed.cgroup_id,
+        cgroup_id: policed.policed_cgroup_id,
         policy_slot: decision.policy_slot,
         rule: decision.rule,
         kind: kind as u32,
         verdict: decision.verdict as u32,
     });
-    report(policed, peer, kind, &decision);
-    match decision.verdict {
-        Verdict::Deny => DENY_EPERM,
-        Verdict::Allow | Verdict::Audit => ALLOW,
-    }
+    report(policed, peer, kind, decision);
 }
 
 /// Applies every policy of the cgroup: a refusal by an enforce-mode policy
@@ -127,7 +140,7 @@ fn check(policed: &policed::Policed, peer: &Peer, kind: EventKind) -> i32 {
 /// the call is allowed and charged to the first policy that restricts
 /// egress. Returns `None` when no policy restricts egress.
 #[inline(always)]
-fn decide(policies: &CgroupPolicies, peer: &Peer) -> Option<Decision> {
+pub(crate) fn decide(policies: &CgroupPolicies, peer: &Peer) -> Option<Decision> {
     let mut allowed: Option<Decision> = None;
     let mut audited: Option<Decision> = None;
     let mut index = 0;
@@ -173,13 +186,14 @@ fn decide(policies: &CgroupPolicies, peer: &Peer) -> Option<Decision> {
 /// `NO_RULE`.
 #[inline(always)]
 fn matching_rule(policy: &NetPolicy, peer: &Peer) -> u32 {
+    let ipv4_peer = is_ipv4_mapped(&peer.addr);
     let mut index = 0;
     while index < MAX_NET_RULES {
         if index as u32 >= policy.rule_count {
             break;
         }
         let rule = &policy.rules[index];
-        if rule.matches(&peer.addr, peer.port, peer.protocol) {
+        if rule.matches_peer(&peer.addr, peer.port, peer.protocol, ipv4_peer) {
             return rule.rule;
         }
         index += 1;
@@ -215,6 +229,8 @@ fn report(policed: &policed::Policed, peer: &Peer, kind: EventKind, decision: &D
         (*record).port = peer.port;
         (*record).family = peer.family;
         (*record).protocol = peer.protocol;
+        (*record).sock_type = peer.sock_type;
+        (*record).reserved = 0;
         match exec::path_of(pid) {
             Some(path) => core::ptr::copy_nonoverlapping(path, &raw mut (*record).binary, 1),
             None => {

@@ -83,6 +83,11 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another process serves the API socket {}; is another agent running? Give this one its own --api-socket",
+        path.display()
+    )]
+    InUse { path: PathBuf },
     #[error("failed to bind the API socket {}", path.display())]
     Bind {
         path: PathBuf,
@@ -103,6 +108,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
                 path: dir.to_owned(),
                 source,
             })?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ApiError::InUse {
+            path: path.to_owned(),
+        });
     }
     // A socket file left by an agent that died cannot be bound again.
     match fs::remove_file(path) {
@@ -159,6 +169,13 @@ async fn serve_client(
     let mut request = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(read_half, MAX_REQUEST_BYTES));
     let read = tokio::time::timeout(Duration::from_secs(5), limited.read_line(&mut request)).await;
+    if read.as_ref().is_ok_and(|r| r.is_ok()) && !request.ends_with('\n') && request.len() as u64 >= MAX_REQUEST_BYTES {
+        let reply = serde_json::json!({
+            "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")
+        });
+        write_half.write_all(format!("{reply}\n").as_bytes()).await?;
+        return Ok(());
+    }
     let subscription = match read {
         Ok(Ok(_)) => match serde_json::from_str(request.trim()) {
             Ok(Request::Follow(subscription)) => subscription,
@@ -176,6 +193,11 @@ async fn serve_client(
                 return Ok(());
             }
         },
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+            let reply = serde_json::json!({ "error": "the request is not UTF-8 text" });
+            write_half.write_all(format!("{reply}\n").as_bytes()).await?;
+            return Ok(());
+        }
         Ok(Err(error)) => return Err(error),
         Err(_) => {
             let reply = serde_json::json!({ "error": "no request line within 5 seconds" });

@@ -118,34 +118,24 @@ fn walk(dir: &Path, pod: Option<&PodCgroup>, depth: usize, found: &mut Scan) {
     if depth > MAX_SCAN_DEPTH {
         return;
     }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(file_type) = entry.file_type() else {
-            continue;
-        };
-        if !file_type.is_dir() {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(id) = cgroup_id(&path) else {
-            continue;
-        };
+    for (path, name, id) in subdirectories(dir) {
         found.live_ids.insert(id);
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
         if let Some(container_id) = container_id_from_name(&name) {
-            found.containers.insert(
-                container_id.to_owned(),
-                ContainerCgroup {
+            // The first directory found for an id wins; a directory further
+            // down cannot take its place, because `walk_nested` does not
+            // look for containers. A process with write access to its
+            // container's cgroup could otherwise make one with the same
+            // name and move the policy entry away from the real container.
+            found
+                .containers
+                .entry(container_id.to_owned())
+                .or_insert_with(|| ContainerCgroup {
                     container_id: container_id.to_owned(),
                     path: path.clone(),
                     id,
                     pod: pod.cloned(),
-                },
-            );
-            walk(&path, None, depth + 1, found);
+                });
+            walk_nested(&path, depth + 1, found);
             continue;
         }
         if let Some(uid) = pod_uid_from_name(&name) {
@@ -155,6 +145,35 @@ fn walk(dir: &Path, pod: Option<&PodCgroup>, depth: usize, found: &mut Scan) {
             walk(&path, None, depth + 1, found);
         }
     }
+}
+
+/// Records the ids of the cgroups nested inside a container's.
+fn walk_nested(dir: &Path, depth: usize, found: &mut Scan) {
+    if depth > MAX_SCAN_DEPTH {
+        return;
+    }
+    for (path, _, id) in subdirectories(dir) {
+        found.live_ids.insert(id);
+        walk_nested(&path, depth + 1, found);
+    }
+}
+
+/// The subdirectories of `dir` with their names and cgroup ids, skipping
+/// any that vanish while they are read.
+fn subdirectories(dir: &Path) -> Vec<(PathBuf, String, u64)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|entry| {
+            let path = entry.path();
+            let id = cgroup_id(&path).ok()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            Some((path, name, id))
+        })
+        .collect()
 }
 
 /// Reads a container id out of a cgroup directory name, for the shapes that
@@ -235,6 +254,21 @@ mod tests {
         assert_eq!(pod_uid_from_name(&systemd).as_deref(), Some(uid));
         assert_eq!(pod_uid_from_name("kubepods-besteffort.slice"), None);
         assert_eq!(pod_uid_from_name("podman"), None);
+    }
+
+    #[test]
+    fn nested_directory_named_like_its_container_is_ignored() {
+        let root = std::env::temp_dir().join(format!("parapet-scan-test-{}", std::process::id()));
+        let pod = root.join("pod3f9c1b2a-1234-4cde-8f00-0123456789ab");
+        let container = pod.join(ID);
+        let decoy = container.join(ID);
+        fs::create_dir_all(&decoy).unwrap();
+        let scan = scan(&root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        let found = &scan.containers[ID];
+        assert_eq!(found.path, container);
+        assert!(found.pod.is_some());
+        assert_eq!(scan.live_ids.len(), 3);
     }
 
     #[test]

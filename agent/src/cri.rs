@@ -185,6 +185,26 @@ impl CriClient {
         .await
     }
 
+    /// Returns the host pid of a container's first process, from the
+    /// verbose status that containerd and CRI-O fill: an `"info"` entry
+    /// holding a JSON object with a `pid` field.
+    pub async fn container_pid(&self, container_id: &str) -> Result<u32> {
+        const RPC: &str = "ContainerStatus";
+        let status = self.container_status(container_id, true).await?;
+        status
+            .info
+            .get("info")
+            .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+            .and_then(|info| info.get("pid").and_then(serde_json::Value::as_u64))
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 1)
+            .ok_or_else(|| CriError::MissingField {
+                path: self.path.clone(),
+                rpc: RPC,
+                field: "info.pid",
+            })
+    }
+
     pub async fn pod_sandbox_status(
         &self,
         pod_sandbox_id: &str,

@@ -38,6 +38,8 @@ pub struct AgentOptions {
     pub node_name: Option<String>,
     /// Refuse to start unless the BPF LSM backend can be used.
     pub require_lsm: bool,
+    /// How long a removed workload's counters and identity are kept.
+    pub retention: Duration,
 }
 
 /// How often the agent looks for new and removed workloads.
@@ -45,6 +47,11 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(200);
 /// How often it asks the runtime even when no cgroup changed, to catch
 /// label and name changes.
 const CRI_REFRESH: Duration = Duration::from_secs(2);
+/// How soon it looks again while a cgroup exists that the runtime does not
+/// list yet, which is the case while a pod or container is being created.
+const PENDING_RETRY: Duration = Duration::from_millis(10);
+/// How long after a cgroup appears the fast retries go on.
+const PENDING_WINDOW: Duration = Duration::from_secs(5);
 /// How often it looks for policy changes.
 const POLICY_POLL: Duration = Duration::from_secs(1);
 /// Events kept for slow `tail` clients before they miss some.
@@ -58,9 +65,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             error!(error = %error, "invalid policy");
         }
         anyhow::anyhow!(
-            "{} invalid policy file(s) in {}; refusing to start without a valid policy set",
-            errors.len(),
-            options.policy_dir.display()
+            "failed to load the policy directory {} ({} error(s), each logged above); refusing to start without a valid policy set",
+            options.policy_dir.display(),
+            errors.len()
         )
     })?;
     let v2_mount = cgroups::find_v2_mount()?;
@@ -92,7 +99,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
-    let identities = Arc::new(RwLock::new(crate::identity::Identities::default()));
+    let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
     let mut enforcer = Enforcer::new();
     enforcer.install_policies(&mut kernel, policies)?;
     name_slots(&enforcer, &identities);
@@ -104,9 +111,13 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         node: node.clone(),
         identities: Arc::clone(&identities),
     };
-    let reader_events = events.clone();
+    let sink = Arc::new(reader::EventSink {
+        node: node.clone(),
+        sender: events.clone(),
+    });
+    let reader_sink = Arc::clone(&sink);
     tokio::spawn(async move {
-        if let Err(error) = reader::run(ring, namer, reader_events).await {
+        if let Err(error) = reader::run(ring, namer, reader_sink).await {
             error!(error = %error, "the event reader stopped; events are no longer reported");
         }
     });
@@ -155,6 +166,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         known_containers: Default::default(),
         last_cri: None,
         last_cri_error: None,
+        retry_at: None,
+        unlisted_since: Default::default(),
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
     state.run().await
@@ -230,6 +243,20 @@ fn log_policies(enforcer: &Enforcer) {
             mode = ?slotted.policy.mode,
             "policy loaded"
         );
+        // NOTE: the filesystem and exec sections are parsed and validated,
+        // but no backend enforces them yet; say so on every load.
+        for (section, present) in [
+            ("spec.filesystem", slotted.policy.filesystem.is_some()),
+            ("spec.exec", slotted.policy.exec.is_some()),
+        ] {
+            if present {
+                error!(
+                    policy = %slotted.policy.name,
+                    section,
+                    "this agent does not enforce this section yet; only spec.network is enforced"
+                );
+            }
+        }
     }
 }
 
@@ -245,6 +272,11 @@ struct LoopState {
     known_containers: std::collections::HashSet<String>,
     last_cri: Option<Instant>,
     last_cri_error: Option<String>,
+    /// When to look again soon because cgroups exist that the runtime did
+    /// not list yet: a pod or container being created.
+    retry_at: Option<Instant>,
+    /// Container cgroups the runtime did not list, since when.
+    unlisted_since: std::collections::HashMap<String, Instant>,
 }
 
 impl LoopState {
@@ -254,8 +286,17 @@ impl LoopState {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut scan_tick = tokio::time::interval(SCAN_INTERVAL);
         let mut policy_tick = tokio::time::interval(POLICY_POLL);
+        let cgroup_changes = crate::cgroup_watch::spawn(self.attach.clone());
         loop {
+            let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
+                _ = async { cgroup_changes.as_ref().unwrap().notified().await }, if cgroup_changes.is_some() => {
+                    self.reconcile(true).await;
+                }
+                _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.reconcile(true).await;
+                }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 _ = hangup.recv() => {
@@ -334,6 +375,21 @@ impl LoopState {
         };
         self.last_cri = Some(Instant::now());
         self.known_containers = scan.containers.keys().cloned().collect();
+        let listed = |id: &String| {
+            containers.iter().any(|c| &c.id == id) || pods.iter().any(|p| &p.id == id)
+        };
+        let now = Instant::now();
+        self.unlisted_since.retain(|id, _| scan.containers.contains_key(id) && !listed(id));
+        for id in scan.containers.keys().filter(|id| !listed(id)) {
+            self.unlisted_since.entry(id.clone()).or_insert(now);
+        }
+        // A cgroup the runtime never lists (a leftover, another runtime's)
+        // stops the fast retries after a while.
+        self.retry_at = self
+            .unlisted_since
+            .values()
+            .any(|since| now.duration_since(*since) < PENDING_WINDOW)
+            .then(|| now + PENDING_RETRY);
         let desired = crate::enforce::desired_entries(
             self.enforcer.policies(),
             &pods,
@@ -347,7 +403,9 @@ impl LoopState {
             .set_cgroups(identities);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
-        prune_counters(&mut kernel, &scan.live_ids);
+        let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
+        prune_counters(&mut kernel, |id| scan.live_ids.contains(&id) || identities.knows(id));
+        drop(identities);
         if let Some(slots) = self.enforcer.take_deferred_release() {
             self.enforcer.release_slots(&mut kernel, slots);
         }
@@ -432,13 +490,14 @@ impl LoopState {
     }
 }
 
-/// Removes the counters of cgroups that no longer exist.
-fn prune_counters(kernel: &mut Kernel, live: &std::collections::HashSet<u64>) {
+/// Removes the counters of cgroups that are gone and past their grace
+/// period.
+fn prune_counters(kernel: &mut Kernel, keep: impl Fn(u64) -> bool) {
     let dead: Vec<_> = kernel
         .decision_counters
         .keys()
         .flatten()
-        .filter(|key| !live.contains(&key.cgroup_id))
+        .filter(|key| !keep(key.cgroup_id))
         .collect();
     for key in dead {
         if let Err(error) = kernel.decision_counters.remove(&key) {

@@ -42,28 +42,37 @@ pub struct Event {
     /// The rule that allowed the operation, as a path into the policy;
     /// `None` when no rule matched.
     pub rule: Option<String>,
+    /// Why enforcement failed, for `not-enforced` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Network,
+    File,
+    Exec,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Network => "network",
+            Self::File => "file",
+            Self::Exec => "exec",
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum VerdictName {
     Allow,
     Deny,
     Audit,
+    /// The agent could not put a selected workload under its policy.
+    NotEnforced,
 }
 
 impl VerdictName {
@@ -72,6 +81,7 @@ impl VerdictName {
             Self::Allow => "allow",
             Self::Deny => "deny",
             Self::Audit => "audit",
+            Self::NotEnforced => "not-enforced",
         }
     }
 
@@ -131,7 +141,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         verdict: header.verdict,
     })?;
     match EventKind::from_u32(header.kind) {
-        Some(EventKind::Connect | EventKind::Sendmsg) => Ok(Record::Net(read_prefix(bytes)?)),
+        Some(EventKind::Connect | EventKind::Sendmsg | EventKind::Socket) => {
+            Ok(Record::Net(read_prefix(bytes)?))
+        }
         None => Err(DecodeError::UnknownKind { kind: header.kind }),
     }
 }
@@ -193,11 +205,25 @@ pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
     })
 }
 
+/// What a refused socket creation asked for, in words.
+pub fn socket_detail(event: &NetEvent) -> String {
+    let kind = match (event.family, event.sock_type) {
+        (17, _) => "packet socket",
+        (_, 3) => "raw socket",
+        _ => "socket of a protocol the network policy cannot check",
+    };
+    format!(
+        "{kind} (family {}, type {}, protocol {})",
+        event.family, event.sock_type, event.protocol
+    )
+}
+
 /// The operation name of a record's kind.
 pub fn operation(header: &EventHeader) -> &'static str {
     match EventKind::from_u32(header.kind) {
         Some(EventKind::Connect) => "connect",
         Some(EventKind::Sendmsg) => "sendmsg",
+        Some(EventKind::Socket) => "socket",
         None => "unknown",
     }
 }
@@ -229,6 +255,8 @@ mod tests {
             port: 8080,
             family: FAMILY_INET,
             protocol: PROTOCOL_TCP,
+            sock_type: 1,
+            reserved: 0,
             binary: parapet_common::ExecPath {
                 len: 4,
                 truncated: 0,

@@ -22,22 +22,39 @@ pub struct Identity {
     pub container_id: Option<String>,
 }
 
-/// How long an identity stays known after its cgroup went away, so that
-/// records still in the ring buffer can be named.
-const RETIRED_GRACE: Duration = Duration::from_secs(60);
+/// Default of how long an identity, and the kernel counters of its cgroup,
+/// stay after the cgroup went away: long enough for records still in the
+/// ring buffer to be named and for a few Prometheus scrapes to see the
+/// final counts of a short-lived pod.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(300);
 
 /// Identities of cgroups and names of policy slots, written by the enforcer
 /// and read by the event reader and the metrics.
-#[derive(Default)]
 pub struct Identities {
+    retention: Duration,
     cgroups: HashMap<u64, Identity>,
     retired: VecDeque<(Instant, u64)>,
     slot_policies: HashMap<u32, String>,
 }
 
 impl Identities {
+    /// Identities of removed cgroups are kept for `retention`.
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            retention,
+            cgroups: HashMap::new(),
+            retired: VecDeque::new(),
+            slot_policies: HashMap::new(),
+        }
+    }
+
     pub fn cgroup(&self, cgroup_id: u64) -> Option<&Identity> {
         self.cgroups.get(&cgroup_id)
+    }
+
+    /// Whether a cgroup is live or within its grace period.
+    pub fn knows(&self, cgroup_id: u64) -> bool {
+        self.cgroups.contains_key(&cgroup_id)
     }
 
     pub fn policy(&self, slot: u32) -> Option<&str> {
@@ -49,7 +66,7 @@ impl Identities {
     pub fn set_cgroups(&mut self, live: HashMap<u64, Identity>) {
         let now = Instant::now();
         while let Some(&(since, id)) = self.retired.front() {
-            if now.duration_since(since) < RETIRED_GRACE {
+            if now.duration_since(since) < self.retention {
                 break;
             }
             self.retired.pop_front();

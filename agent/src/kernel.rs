@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TracePoint},
 };
 use parapet_common::{CgroupPolicies, CounterKey, map_names, net::NetPolicy, program_names};
 
@@ -109,20 +109,24 @@ impl Kernel {
                     source,
                 })?;
         }
-        let name = program_names::EXEC;
-        let exec: &mut TracePoint = ebpf
+        let name = program_names::SOCK_CREATE;
+        let sock_create: &mut CgroupSock = ebpf
             .program_mut(name)
             .ok_or(KernelError::MissingProgram { name })?
             .try_into()
             .map_err(|source| KernelError::LoadProgram { name, source })?;
-        exec.load()
+        sock_create
+            .load()
             .map_err(|source| KernelError::LoadProgram { name, source })?;
-        exec.attach("sched", "sched_process_exec")
+        sock_create
+            .attach(&cgroup_file, CgroupAttachMode::Single)
             .map_err(|source| KernelError::Attach {
                 name,
-                path: PathBuf::from("tracepoint sched/sched_process_exec"),
+                path: cgroup.to_owned(),
                 source,
             })?;
+        attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
+        attach_tracepoint(&mut ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")?;
         Ok(Self {
             cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
             net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
@@ -133,6 +137,30 @@ impl Kernel {
             _ebpf: ebpf,
         })
     }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    event: &str,
+) -> Result<(), KernelError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    program
+        .load()
+        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    program
+        .attach(category, event)
+        .map_err(|source| KernelError::Attach {
+            name,
+            path: PathBuf::from(format!("tracepoint {category}/{event}")),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Mounts tracefs on /sys/kernel/tracing unless it is mounted there or

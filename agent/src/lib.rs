@@ -2,6 +2,8 @@
 //! that the end-to-end tests share.
 
 pub mod api;
+pub mod btf;
+pub mod cgroup_watch;
 pub mod cgroups;
 pub mod cri;
 pub mod daemon;
@@ -10,6 +12,7 @@ pub mod event;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;
+pub mod mountns;
 pub mod policy;
 pub mod probe;
 pub mod reader;

@@ -46,6 +46,10 @@ struct AgentArgs {
     /// Node name reported in events. Default: $NODE_NAME, else the host name.
     #[arg(long)]
     node_name: Option<String>,
+    /// Seconds a removed workload's counters stay in /metrics, so that
+    /// scrapes see the final counts of short-lived pods.
+    #[arg(long, default_value_t = parapet::identity::DEFAULT_RETENTION.as_secs())]
+    removed_workload_retention: u64,
     /// Refuse to start unless the BPF LSM backend can enforce the
     /// filesystem and exec promises.
     #[arg(long)]
@@ -74,16 +78,25 @@ struct TailArgs {
     include_allowed: bool,
     #[arg(long, value_enum, default_value = "text")]
     output: tail::Output,
+    /// Path of the agent's API socket.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     api_socket: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct StatusArgs {
+    /// `text` for a terminal, `json` for one JSON object.
     #[arg(long, value_enum, default_value = "text")]
-    output: tail::Output,
+    output: StatusOutput,
+    /// Path of the agent's API socket.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     api_socket: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusOutput {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +126,7 @@ fn main() -> ExitCode {
                 api_socket: args.api_socket,
                 node_name: args.node_name,
                 require_lsm: args.require_lsm,
+                retention: std::time::Duration::from_secs(args.removed_workload_retention),
             }))
         }
         Command::Tail(args) => run_async(tail::run(
@@ -127,8 +141,8 @@ fn main() -> ExitCode {
         Command::Status(args) => run_async(async move {
             let status = tail::status(&args.api_socket).await?;
             match args.output {
-                tail::Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                tail::Output::Text => print!("{}", parapet::status::render_text(&status)),
+                StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                StatusOutput::Text => print!("{}", parapet::status::render_text(&status)),
             }
             Ok(())
         }),

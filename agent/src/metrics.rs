@@ -77,7 +77,7 @@ fn render(state: &MetricsState) -> String {
                 pod: identity.pod,
                 container: identity.container.unwrap_or_default(),
                 kind: match EventKind::from_u32(key.kind) {
-                    Some(EventKind::Connect | EventKind::Sendmsg) => "network",
+                    Some(EventKind::Connect | EventKind::Sendmsg | EventKind::Socket) => "network",
                     None => "unknown",
                 },
                 policy: identities.policy(key.policy_slot).unwrap_or("").to_owned(),

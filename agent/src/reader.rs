@@ -12,6 +12,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::warn;
 
+use parapet_common::EventKind;
+
 use crate::{
     event::{self, Event, Kind, Record, VerdictName},
     identity::Identities,
@@ -25,11 +27,7 @@ pub struct Namer {
 
 /// Reads records until the ring buffer fails, which only happens when its
 /// file descriptor does.
-pub async fn run(
-    ring: RingBuf<MapData>,
-    namer: Namer,
-    events: broadcast::Sender<Arc<Event>>,
-) -> std::io::Result<()> {
+pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map file descriptor, which stays open
     // and unchanged for as long as the `AsyncFd` holds the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -38,8 +36,6 @@ pub async fn run(
     loop {
         let mut guard = ring.readable_mut().await?;
         let clock = Clock::now();
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let record = match event::decode(&item) {
@@ -52,17 +48,36 @@ pub async fn run(
                     continue;
                 }
             };
-            let event = Arc::new(namer.name(&record, &clock));
-            if let Ok(line) = serde_json::to_string(&*event) {
-                // A closed stdout must not stop enforcement or the stream.
-                let _ = writeln!(out, "{line}");
-            }
-            // An error only means that no `tail` client is connected.
-            let _ = events.send(event);
+            sink.emit(namer.name(&record, &clock));
         }
-        let _ = out.flush();
         guard.clear_ready();
     }
+}
+
+/// Where events go: a JSON line on stdout and every `tail` client.
+pub struct EventSink {
+    pub node: String,
+    pub sender: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventSink {
+    pub fn emit(&self, event: Event) {
+        let event = Arc::new(event);
+        if let Ok(line) = serde_json::to_string(&*event) {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            // A closed stdout must not stop enforcement or the stream.
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        // An error only means that no `tail` client is connected.
+        let _ = self.sender.send(event);
+    }
+}
+
+/// The current time in the RFC 3339 form events use.
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
 /// Wall-clock time of a boot-time timestamp.
@@ -110,12 +125,20 @@ impl Namer {
         let verdict = parapet_common::Verdict::from_u32(header.verdict)
             .map(VerdictName::from)
             .unwrap_or(VerdictName::Deny);
-        let (kind, peer, rule, recorded_binary) = match record {
+        let (kind, peer, rule, recorded_binary, detail) = match record {
+            Record::Net(net) if header.kind == EventKind::Socket as u32 => (
+                Kind::Network,
+                None,
+                None,
+                event::exec_path(&net.binary),
+                Some(event::socket_detail(net)),
+            ),
             Record::Net(net) => (
                 Kind::Network,
                 Some(event::net_peer(net)),
                 event::rule_index(header).map(|index| format!("spec.network.egress[{index}]")),
                 event::exec_path(&net.binary),
+                None,
             ),
         };
         let (binary, binary_truncated) = match recorded_binary {
@@ -148,6 +171,7 @@ impl Namer {
             peer,
             policy,
             rule,
+            detail,
         }
     }
 }

@@ -20,6 +20,10 @@ use crate::containerd::Containerd;
 /// How long `wait_for` helpers wait before they fail.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// `--removed-workload-retention` of test agents, short so that tests see
+/// a removed pod's counters go.
+pub const REMOVED_RETENTION: Duration = Duration::from_secs(2);
+
 /// Returns the path of the `parapet` binary: `$PARAPET_BIN`, else the one
 /// next to the test binary's `deps` folder.
 pub fn parapet_bin() -> Result<PathBuf> {
@@ -99,6 +103,7 @@ impl Agent {
             .arg(&self.api_socket)
             .arg("--node-name")
             .arg("test-node")
+            .args(["--removed-workload-retention", &REMOVED_RETENTION.as_secs().to_string()])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -12,7 +12,7 @@ use anyhow::Result;
 use parapet::event::{Event, VerdictName};
 use parapet_tests::{
     Containerd, Pod,
-    agent::{Agent, Tail, metric_value, socket_programs_attached},
+    agent::{Agent, REMOVED_RETENTION, Tail, metric_value, socket_programs_attached},
 };
 
 const SERVER_COMMAND: [&str; 3] = [
@@ -248,7 +248,21 @@ async fn pods_started_later_are_policed_and_removed_pods_leave_nothing() -> Resu
     let late_container = late.container_id.clone();
     late.remove().await?;
     agent.wait_for_log(&["workload released", "late-client"])?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Policy entries go at once; counters stay for the retention period so
+    // that scrapes see a short-lived pod's final counts.
+    let released = std::time::Instant::now();
+    loop {
+        let status = agent.status().await?;
+        if late_ids.iter().all(|id| !status.kernel_policed_cgroups.contains(id)) {
+            break;
+        }
+        assert!(released.elapsed() < Duration::from_secs(2), "{status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = agent.metrics()?;
+    let late_denials = [("pod", "late-client"), ("verdict", "deny")];
+    assert_eq!(metric_value(&metrics, "parapet_violations_total", &late_denials), Some(1.0), "{metrics}");
+    let deadline = std::time::Instant::now() + REMOVED_RETENTION + Duration::from_secs(10);
     loop {
         let status = agent.status().await?;
         let leftover: Vec<u64> = late_ids
@@ -343,4 +357,43 @@ fn tempdir() -> Result<std::path::PathBuf> {
         Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(dir),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Pods whose very first action is a denied connect. The agent writes a
+/// pod's entry when its cgroup appears, before its containers start; the
+/// test prints how many first connects got through, and none may.
+#[tokio::test]
+async fn first_connect_of_new_pods_is_policed() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    const PODS: usize = 10;
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let policy = client_policy("enforce", server.ip).replace("app: client", "app: racer");
+    let mut agent = Agent::start(&containerd, &[("racer.yaml", &policy)])?;
+    agent.wait_ready()?;
+    let first_action = format!("netprobe connect tcp {} 8081 > /tmp/first; sleep 3600", server.ip);
+    let command = ["sh", "-c", first_action.as_str()];
+    let mut through = 0;
+    for index in 0..PODS {
+        let name = format!("racer-{index}");
+        let pod = Pod::run_command(&containerd, &name, "clinic", &[("app", "racer")], &command).await?;
+        let mut first = String::new();
+        for _ in 0..100 {
+            first = pod.exec(&["cat", "/tmp/first"]).await?.stdout_trimmed().to_owned();
+            if !first.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !is_eperm(&first) {
+            println!("racer-{index}: first connect got through: {first:?}");
+            through += 1;
+        }
+        pod.remove().await?;
+    }
+    println!("first connects of new pods that got through: {through} of {PODS}");
+    assert_eq!(through, 0);
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
 }

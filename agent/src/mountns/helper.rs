@@ -9,7 +9,7 @@
 //! parent prepares every path, descriptor and buffer, and the child only
 //! makes system calls on that data and writes one fixed-size [`Record`] per
 //! step into a pipe. The child code below allocates nothing, formats
-//! nothing and contains no operation that can panic.
+//! nothing, and has no operation that can panic on the data it gets.
 
 use std::ffi::{CStr, CString};
 use std::io::{self, Read as _};
@@ -32,7 +32,7 @@ const RECORD_SIZE: usize = 32;
 #[repr(u32)]
 pub(crate) enum Status {
     Done = 0,
-    /// A system call failed; the record holds the call and its errno.
+    /// A system call failed. The record names the call and its errno.
     Failed = 1,
     /// A writable path is a mount point already, so it needs no bind.
     AlreadyMountPoint = 2,
@@ -124,8 +124,10 @@ impl Record {
     }
 
     fn decode(bytes: &[u8; RECORD_SIZE]) -> Option<Self> {
-        let word = |offset: usize| u32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap());
-        let long = |offset: usize| u64::from_ne_bytes(bytes[offset..offset + 8].try_into().unwrap());
+        let word =
+            |offset: usize| u32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap());
+        let long =
+            |offset: usize| u64::from_ne_bytes(bytes[offset..offset + 8].try_into().unwrap());
         let status = match word(4) {
             0 => Status::Done,
             1 => Status::Failed,
@@ -211,16 +213,19 @@ pub(crate) struct Target {
     proc_root: OwnedFd,
     target_namespace: NamespaceId,
     own_namespace: NamespaceId,
-    init_namespace: NamespaceId,
+    /// Mount namespaces of the host, with the pid each was read from.
+    host_namespaces: [Option<(u32, NamespaceId)>; 2],
 }
 
 impl Target {
     /// Opens the mount namespace of `pid`. Fails when it is this process's
-    /// own mount namespace or that of pid 1, since a change there would
-    /// change this process's or the host's mounts.
+    /// own mount namespace or one of the host's (see [`host_namespaces`]),
+    /// since a change there would change this process's or the host's
+    /// mounts.
     pub(crate) fn open(pid: u32) -> Result<Self, MountNsError> {
         let own_namespace = stat_namespace(pid, None, c"/proc/self/ns/mnt")?;
-        let init_namespace = stat_namespace(pid, None, c"/proc/1/ns/mnt")?;
+        let host_namespaces = host_namespaces(pid);
+
         let proc_path = CString::new(format!("/proc/{pid}")).expect("a pid has no NUL byte");
         let proc_dir = open_at(
             None,
@@ -234,13 +239,22 @@ impl Target {
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
         .map_err(|source| proc_error(pid, c"ns/mnt", source))?;
+
         let target_namespace = stat_namespace(pid, Some(namespace.as_fd()), c"")?;
         if target_namespace == own_namespace {
             return Err(MountNsError::SameMountNamespace { pid });
         }
-        if target_namespace == init_namespace {
-            return Err(MountNsError::InitMountNamespace { pid });
+        if let Some((host_pid, _)) = host_namespaces
+            .iter()
+            .flatten()
+            .find(|(_, namespace)| *namespace == target_namespace)
+        {
+            return Err(MountNsError::HostMountNamespace {
+                pid,
+                host_pid: *host_pid,
+            });
         }
+
         let proc_root = open_at(
             None,
             c"/proc",
@@ -254,7 +268,7 @@ impl Target {
             proc_root,
             target_namespace,
             own_namespace,
-            init_namespace,
+            host_namespaces,
         })
     }
 
@@ -329,7 +343,9 @@ impl Target {
                     timeout: HELPER_TIMEOUT,
                 });
             }
-            Err(ReadFailure::Io(syscall, source)) => return Err(helper_error(pid, syscall, source)),
+            Err(ReadFailure::Io(syscall, source)) => {
+                return Err(helper_error(pid, syscall, source));
+            }
         }
 
         let records: Vec<Record> = buffer
@@ -356,7 +372,7 @@ impl Target {
 
     /// Enters the namespace and checks, through this process's `/proc`,
     /// that the helper is now in the target's namespace and neither in the
-    /// parent's nor in pid 1's. Runs in the forked child.
+    /// parent's nor in one of the host's. Runs in the forked child.
     fn enter(&self, writer: &RecordWriter) -> bool {
         // SAFETY: setns takes a descriptor that stays open for the call.
         if unsafe { libc::setns(self.namespace.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
@@ -382,7 +398,11 @@ impl Target {
         let current = NamespaceId::of(&stat);
         if current != self.target_namespace
             || current == self.own_namespace
-            || current == self.init_namespace
+            || self
+                .host_namespaces
+                .iter()
+                .flatten()
+                .any(|(_, namespace)| *namespace == current)
         {
             writer.send(Record::new(ENTRY_STEP, Status::WrongNamespace));
             return false;
@@ -424,6 +444,30 @@ impl Target {
     }
 }
 
+/// Reads the mount namespaces that belong to the host: that of pid 1 (the
+/// host's init) and that of pid 2 when it is `kthreadd`, whose kernel
+/// threads always use the kernel's initial mount namespace. The second
+/// matters when this process runs in a mount namespace of its own, where
+/// the comparison with its own namespace no longer covers the host.
+/// Reading another process's namespace needs ptrace access, which fails
+/// when pid 1 has capabilities that this process lacks, so each entry is
+/// `None` when it cannot be read.
+fn host_namespaces(pid: u32) -> [Option<(u32, NamespaceId)>; 2] {
+    let read = |host_pid: u32, path: &CStr| match stat_namespace(pid, None, path) {
+        Ok(namespace) => Some((host_pid, namespace)),
+        Err(error) => {
+            tracing::debug!(pid, host_pid, %error, "host mount namespace unknown");
+            None
+        }
+    };
+    let init = read(1, c"/proc/1/ns/mnt");
+    let kthreadd = std::fs::read_to_string("/proc/2/comm")
+        .is_ok_and(|comm| comm.trim_end() == "kthreadd")
+        .then(|| read(2, c"/proc/2/ns/mnt"))
+        .flatten();
+    [init, kthreadd]
+}
+
 /// Binds the writable path `path` onto itself, so that it stays writable
 /// once the mount containing it is read-only. Runs in the helper.
 ///
@@ -456,6 +500,7 @@ fn bind_descriptor(step: u32, fd: RawFd, containing_mount_id: u64) -> Record {
     if mount.id != containing_mount_id {
         return Record::new(step, Status::Moved);
     }
+
     // SAFETY: open_tree reads a NUL-terminated empty path and returns a new
     // descriptor or -1.
     let tree = unsafe {
@@ -470,6 +515,7 @@ fn bind_descriptor(step: u32, fd: RawFd, containing_mount_id: u64) -> Record {
         return Record::failed(step, Syscall::OpenTree, errno());
     }
     let tree = tree as RawFd;
+
     // SAFETY: move_mount reads two NUL-terminated empty paths; both
     // descriptors are open.
     let result = unsafe {
@@ -582,8 +628,7 @@ fn statx_mount(fd: RawFd) -> Result<MountOfDescriptor, i32> {
     }
     let root_attribute = libc::STATX_ATTR_MOUNT_ROOT as u64;
     // Kernels before 5.8 fill in neither field.
-    if statx.stx_mask & libc::STATX_MNT_ID == 0 || statx.stx_attributes_mask & root_attribute == 0
-    {
+    if statx.stx_mask & libc::STATX_MNT_ID == 0 || statx.stx_attributes_mask & root_attribute == 0 {
         return Err(libc::ENOSYS);
     }
     Ok(MountOfDescriptor {
@@ -708,7 +753,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
+    // SAFETY: pipe2 succeeded, so both are new descriptors with no other owner.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -719,7 +764,7 @@ fn open_at(dir: Option<BorrowedFd<'_>>, path: &CStr, flags: i32) -> io::Result<O
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: openat succeeded, so `fd` is a new descriptor owned by nobody else.
+    // SAFETY: openat succeeded, so `fd` is a new descriptor with no other owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

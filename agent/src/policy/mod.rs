@@ -39,9 +39,10 @@
 //!             protocol: TCP     # TCP | UDP; absent = both
 //! ```
 //!
-//! An IPv6 prefix that covers `::ffff:0:0/96`, such as `::/0`, also covers
-//! every IPv4 peer, because the kernel compares IPv4 peers as IPv4-mapped
-//! IPv6 addresses.
+//! An IPv6 prefix covers IPv6 peers only: `::/0` allows no IPv4 peer,
+//! although the kernel compares IPv4 peers as IPv4-mapped IPv6 addresses.
+//! An IPv4-mapped prefix (`::ffff:0:0/96` and longer) is read as the IPv4
+//! prefix it stands for.
 //!
 //! Paths in `writablePaths`, `allow` and `deny` must be absolute, at most
 //! [`MAX_PATH_BYTES`] bytes long, without a NUL byte, a `.` or `..`

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
-use parapet_common::net::{MAX_NET_RULES, NetPolicy, NetRule, PROTOCOL_ANY};
+use parapet_common::net::{MAX_NET_RULES, NetPolicy, NetRule, PROTOCOL_ANY, RULE_IPV6_ONLY};
 use parapet_common::{Mode, Verdict};
 
 use super::model::{Policy, Protocol};
@@ -79,7 +79,14 @@ pub fn net_policy(policy: &Policy) -> NetPolicy {
     for (rule_index, rule) in egress.iter().enumerate() {
         let rule_number = u32::try_from(rule_index).expect("at most MAX_NET_RULES rules");
         for peer in &rule.to {
-            let (addr, mask) = kernel_prefix(peer.network());
+            let network = peer.network();
+            let (addr, mask) = kernel_prefix(network);
+            // IPv4 peers are stored as IPv4-mapped IPv6; an IPv6 prefix
+            // such as `::/0` must not cover them.
+            let flags = match network {
+                IpNet::V4(_) => 0,
+                IpNet::V6(_) => RULE_IPV6_ONLY,
+            };
             let mut push = |port_min, port_max, protocol| {
                 kernel.rules[count] = NetRule {
                     addr,
@@ -88,6 +95,7 @@ pub fn net_policy(policy: &Policy) -> NetPolicy {
                     port_max,
                     protocol,
                     rule: rule_number,
+                    flags,
                 };
                 count += 1;
             };
@@ -326,6 +334,7 @@ mod tests {
                 port_max: 5432,
                 protocol: PROTOCOL_TCP,
                 rule: 0,
+                flags: 0,
             }
         );
         assert_eq!(
@@ -337,6 +346,7 @@ mod tests {
                 port_max: 54,
                 protocol: PROTOCOL_ANY,
                 rule: 0,
+                flags: 0,
             }
         );
         assert_eq!(kernel.rules[2].addr, kernel_addr(ip("10.1.2.3")));
@@ -353,6 +363,7 @@ mod tests {
                 port_max: u16::MAX,
                 protocol: PROTOCOL_ANY,
                 rule: 1,
+                flags: RULE_IPV6_ONLY,
             }
         );
         assert_eq!(kernel.rules[5], NetRule::default());
@@ -549,12 +560,20 @@ mod tests {
     }
 
     #[test]
-    fn egress_ipv6_default_route_covers_ipv4() {
-        // `::/0` covers every IPv6 address, and IPv4 peers are compared as
-        // IPv4-mapped IPv6 addresses, so it covers IPv4 peers too.
+    fn egress_ipv6_default_route_leaves_ipv4_out() {
+        // `::/0` covers every IPv6 address but no IPv4 peer, although the
+        // kernel compares IPv4 peers as IPv4-mapped IPv6 addresses.
         let any6 = policy("any6", "enforce", &egress("      - to: [{cidr: '::/0'}]\n"));
         assert_eq!(
             verdict_of(&[&any6], "10.0.0.1", 80, Protocol::Tcp),
+            Verdict::Deny
+        );
+        assert_eq!(
+            verdict_of(&[&any6], "::ffff:10.0.0.1", 80, Protocol::Tcp),
+            Verdict::Deny
+        );
+        assert_eq!(
+            verdict_of(&[&any6], "2001:db8::1", 80, Protocol::Tcp),
             Verdict::Allow
         );
         let any4 = policy(

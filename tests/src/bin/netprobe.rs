@@ -23,7 +23,8 @@ const PAYLOAD: &[u8] = b"ping";
 const REPLY: &[u8] = b"pong";
 const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe send udp ADDR PORT\n       \
-                     netprobe listen tcp|udp PORT";
+                     netprobe listen tcp|udp PORT\n       \
+                     netprobe socket udplite|raw|packet";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Ok(Command::Connect(protocol, target)) => report(connect(protocol, target)),
         Ok(Command::Send(target)) => report(send_unconnected(target)),
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
+        Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -49,6 +51,8 @@ enum Command {
     Connect(Protocol, SocketAddr),
     Send(SocketAddr),
     Listen(Protocol, u16),
+    /// `socket(family, type, protocol)` and nothing else.
+    Socket(i32, i32, i32),
 }
 
 fn parse(args: &[&str]) -> Result<Command, String> {
@@ -62,6 +66,9 @@ fn parse(args: &[&str]) -> Result<Command, String> {
             parse_protocol(protocol)?,
             parse_port(port)?,
         )),
+        ["socket", "udplite"] => Ok(Command::Socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE)),
+        ["socket", "raw"] => Ok(Command::Socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)),
+        ["socket", "packet"] => Ok(Command::Socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
@@ -280,5 +287,17 @@ fn bind_port(fd: libc::c_int, family: libc::c_int, port: u16) -> io::Result<()> 
     if status != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Creates a socket and closes it again.
+fn open_socket(family: i32, kind: i32, protocol: i32) -> io::Result<()> {
+    // SAFETY: socket(2) takes plain integers.
+    let fd = unsafe { libc::socket(family, kind, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the descriptor just returned and owned here.
+    unsafe { libc::close(fd) };
     Ok(())
 }

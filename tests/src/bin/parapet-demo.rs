@@ -91,7 +91,7 @@ async fn run(containerd: &Containerd) -> Result<()> {
         println!("    {line}");
     }
     let denied = metric_value(&metrics, "parapet_violations_total", &[("verdict", "deny")]);
-    println!("    ({} connections blocked)", denied.unwrap_or(0.0));
+    println!("    ({} operations blocked)", denied.unwrap_or(0.0));
     drop(tail);
     agent.stop()?;
     Ok(())

@@ -1,0 +1,160 @@
+//! Socket creation: refuses, for workloads whose egress is restricted, the
+//! sockets that the connect and sendmsg programs cannot check. Raw and
+//! packet sockets build their own headers, and protocols such as UDP-Lite
+//! connect without passing the connect hook.
+//!
+//! Return values of `cgroup/sock_create` programs: 1 lets `socket(2)` go
+//! on, 0 makes it fail with EPERM. That hook runs for IPv4 and IPv6
+//! sockets only, so packet sockets are caught on the `socket(2)` syscall
+//! tracepoint instead, where the only way to refuse is to kill the caller.
+
+use aya_ebpf::{
+    helpers::bpf_send_signal,
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
+};
+use parapet_common::{
+    CgroupPolicies, EventKind, MAX_POLICIES_PER_CGROUP, Mode, NO_RULE, Verdict,
+    net::{PROTOCOL_TCP, PROTOCOL_UDP},
+};
+
+use crate::{
+    net::{self, Decision, NET_POLICIES, Peer},
+    policed,
+};
+
+const ALLOW: i32 = 1;
+const DENY_EPERM: i32 = 0;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_PACKET: u32 = 17;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_MPTCP: u32 = 262;
+
+#[cgroup_sock(sock_create)]
+pub fn parapet_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands every cgroup/sock program a valid socket.
+    let sock = unsafe { &*ctx.sock };
+    if !uncheckable(sock.family, sock.type_, sock.protocol) {
+        return ALLOW;
+    }
+    let Some(policed) = policed::current() else {
+        return ALLOW;
+    };
+    let Some(decision) = decide(policed.policies) else {
+        return ALLOW;
+    };
+    let peer = Peer {
+        addr: [0; 4],
+        port: 0,
+        family: sock.family as u16,
+        protocol: sock.protocol,
+        sock_type: sock.type_,
+    };
+    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
+    match decision.verdict {
+        Verdict::Deny => DENY_EPERM,
+        Verdict::Allow | Verdict::Audit => ALLOW,
+    }
+}
+
+/// Offsets of the `family`, `type` and `protocol` arguments in the
+/// `syscalls/sys_enter_socket` record, from
+/// `/sys/kernel/tracing/events/syscalls/sys_enter_socket/format`: every
+/// syscall argument takes 8 bytes after the 8-byte common header and the
+/// syscall number.
+const SOCKET_FAMILY_OFFSET: usize = 16;
+const SOCKET_TYPE_OFFSET: usize = 24;
+const SOCKET_PROTOCOL_OFFSET: usize = 32;
+/// The socket type argument also carries `SOCK_NONBLOCK` and `SOCK_CLOEXEC`.
+const SOCK_TYPE_MASK: u32 = 0xf;
+const SIGKILL: u32 = 9;
+
+/// The kernel ignores the return value of tracepoint programs.
+const DONE: u32 = 0;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_socket")]
+pub fn parapet_socket_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offsets are those of 8-byte fields inside the record.
+    let Ok(family) = (unsafe { ctx.read_at::<u64>(SOCKET_FAMILY_OFFSET) }) else {
+        return DONE;
+    };
+    if family as u32 != AF_PACKET {
+        return DONE;
+    }
+    let Some(policed) = policed::current() else {
+        return DONE;
+    };
+    let Some(decision) = decide(policed.policies) else {
+        return DONE;
+    };
+    let sock_type = unsafe { ctx.read_at::<u64>(SOCKET_TYPE_OFFSET) }.unwrap_or(0) as u32;
+    let protocol = unsafe { ctx.read_at::<u64>(SOCKET_PROTOCOL_OFFSET) }.unwrap_or(0) as u32;
+    let peer = Peer {
+        addr: [0; 4],
+        port: 0,
+        family: AF_PACKET as u16,
+        protocol,
+        sock_type: sock_type & SOCK_TYPE_MASK,
+    };
+    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
+    if decision.verdict == Verdict::Deny {
+        // The signal is delivered before the syscall returns to user space,
+        // so the process never uses the socket.
+        // SAFETY: the helper only signals the current task.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    DONE
+}
+
+/// Whether a socket of this kind could reach a peer without passing the
+/// connect and sendmsg programs.
+#[inline(always)]
+fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
+    match family {
+        AF_PACKET => true,
+        AF_INET | AF_INET6 => {
+            sock_type == SOCK_RAW
+                || !(protocol == PROTOCOL_TCP || protocol == PROTOCOL_UDP || protocol == IPPROTO_MPTCP)
+        }
+        _ => false,
+    }
+}
+
+/// Every policy that restricts egress refuses such a socket: an
+/// enforce-mode one denies it, audit-mode ones only report it. Returns
+/// `None` when no policy of the cgroup restricts egress.
+#[inline(always)]
+fn decide(policies: &CgroupPolicies) -> Option<Decision> {
+    let mut audited: Option<Decision> = None;
+    let mut index = 0;
+    while index < MAX_POLICIES_PER_CGROUP {
+        if index as u32 >= policies.count {
+            break;
+        }
+        let slot = policies.slots[index];
+        index += 1;
+        let Some(policy) = NET_POLICIES.get(slot) else {
+            continue;
+        };
+        if policy.egress_restricted == 0 {
+            continue;
+        }
+        if policy.mode == Mode::Enforce as u32 {
+            return Some(Decision {
+                verdict: Verdict::Deny,
+                policy_slot: slot,
+                rule: NO_RULE,
+            });
+        }
+        if audited.is_none() {
+            audited = Some(Decision {
+                verdict: Verdict::Audit,
+                policy_slot: slot,
+                rule: NO_RULE,
+            });
+        }
+    }
+    audited
+}
