@@ -21,10 +21,10 @@ use crate::{
     cri::CriClient,
     enforce::Enforcer,
     kernel::Kernel,
-    metrics,
+    metrics, policy,
     probe::{Backend, Promise},
     reader::{self, Namer},
-    status::{self, PolicyStatus, Status, WorkloadStatus},
+    status::{self, PolicyStatus, ReadOnlyStatus, Status, WorkloadStatus},
     identity::workload_identities,
     watch::PolicyWatcher,
 };
@@ -121,10 +121,17 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             error!(error = %error, "the event reader stopped; events are no longer reported");
         }
     });
+    let status_snapshot = Arc::new(RwLock::new(Status {
+        node: node.clone(),
+        attach_cgroup: attach.display().to_string(),
+        backends: backends.clone(),
+        ..Status::default()
+    }));
     let metrics_state = Arc::new(metrics::MetricsState {
         kernel: Arc::clone(&kernel),
         identities: Arc::clone(&identities),
         backends: backends.clone(),
+        status: Arc::clone(&status_snapshot),
     });
     let metrics_listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
@@ -135,12 +142,6 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         }
     });
 
-    let status_snapshot = Arc::new(RwLock::new(Status {
-        node: node.clone(),
-        attach_cgroup: attach.display().to_string(),
-        backends,
-        ..Status::default()
-    }));
     let listener = api::bind(&options.api_socket)?;
     let status_fn: api::StatusFn = {
         let snapshot = Arc::clone(&status_snapshot);
@@ -168,6 +169,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         last_cri_error: None,
         retry_at: None,
         unlisted_since: Default::default(),
+        read_only: Default::default(),
+        sink,
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
     state.run().await
@@ -243,17 +246,20 @@ fn log_policies(enforcer: &Enforcer) {
             mode = ?slotted.policy.mode,
             "policy loaded"
         );
-        // NOTE: the filesystem and exec sections are parsed and validated,
-        // but no backend enforces them yet; say so on every load.
-        for (section, present) in [
-            ("spec.filesystem", slotted.policy.filesystem.is_some()),
+        // NOTE: the exec section, and the filesystem section in audit
+        // mode, are parsed and validated but neither enforced nor
+        // reported yet; say so on every load.
+        let read_only = slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only);
+        let unsupported = [
             ("spec.exec", slotted.policy.exec.is_some()),
-        ] {
+            ("spec.filesystem in audit mode", read_only && slotted.policy.mode == policy::Mode::Audit),
+        ];
+        for (section, present) in unsupported {
             if present {
                 error!(
                     policy = %slotted.policy.name,
                     section,
-                    "this agent does not enforce this section yet; only spec.network is enforced"
+                    "this agent does not act on this section yet"
                 );
             }
         }
@@ -277,6 +283,8 @@ struct LoopState {
     retry_at: Option<Instant>,
     /// Container cgroups the runtime did not list, since when.
     unlisted_since: std::collections::HashMap<String, Instant>,
+    read_only: crate::readonly::Tracker,
+    sink: Arc<reader::EventSink>,
 }
 
 impl LoopState {
@@ -410,8 +418,88 @@ impl LoopState {
             self.enforcer.release_slots(&mut kernel, slots);
         }
         drop(kernel);
+        let targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        self.enforce_read_only(targets).await;
         self.update_status();
         true
+    }
+
+    /// Makes the targeted containers read-only where that is not done yet,
+    /// and retries failed ones.
+    async fn enforce_read_only(&mut self, targets: Vec<crate::readonly::Target>) {
+        self.read_only.retain(&targets);
+        for target in targets {
+            if !self.read_only.due(&target) {
+                continue;
+            }
+            let Some(cri) = self.cri.clone() else {
+                return;
+            };
+            let pid = match cri.container_pid(&target.container_id).await {
+                Ok(pid) => pid,
+                Err(error) => {
+                    warn!(
+                        container_id = %target.container_id,
+                        error = %error,
+                        "failed to find the first process of a container to make read-only; will retry"
+                    );
+                    continue;
+                }
+            };
+            // A fork and a wait, about a millisecond.
+            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid));
+            self.report_read_only(&attempt);
+        }
+    }
+
+    fn report_read_only(&self, attempt: &crate::readonly::Attempt) {
+        if !attempt.changed {
+            return;
+        }
+        let identity = &attempt.target.identity;
+        match &attempt.state {
+            crate::readonly::State::Enforced => info!(
+                namespace = %identity.namespace,
+                pod = %identity.pod,
+                container = identity.container.as_deref().unwrap_or(""),
+                container_id = %attempt.target.container_id,
+                writable = ?attempt.target.writable,
+                took_us = attempt.took.as_micros() as u64,
+                "filesystem made read-only"
+            ),
+            crate::readonly::State::NotEnforced { reason } => {
+                error!(
+                    namespace = %identity.namespace,
+                    pod = %identity.pod,
+                    container = identity.container.as_deref().unwrap_or(""),
+                    container_id = %attempt.target.container_id,
+                    reason = %reason,
+                    "failed to make the filesystem read-only; the workload is selected but not enforced; retrying"
+                );
+                self.sink.emit(crate::event::Event {
+                    time: reader::now_rfc3339(),
+                    node: self.sink.node.clone(),
+                    kind: crate::event::Kind::File,
+                    operation: "make-read-only".to_owned(),
+                    verdict: crate::event::VerdictName::NotEnforced,
+                    namespace: Some(identity.namespace.clone()),
+                    pod: Some(identity.pod.clone()),
+                    pod_uid: Some(identity.pod_uid.clone()),
+                    container: identity.container.clone(),
+                    container_id: identity.container_id.clone(),
+                    cgroup_id: 0,
+                    pid: attempt.pid,
+                    tid: attempt.pid,
+                    process: String::new(),
+                    binary: None,
+                    binary_truncated: false,
+                    peer: None,
+                    policy: attempt.target.policies.first().cloned(),
+                    rule: Some("spec.filesystem.readOnly".to_owned()),
+                    detail: Some(reason.clone()),
+                });
+            }
+        }
     }
 
     async fn list_workloads(
@@ -484,9 +572,27 @@ impl LoopState {
             })
             .collect();
         workloads.sort_by(|a, b| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)));
+        let mut read_only: Vec<ReadOnlyStatus> = self
+            .read_only
+            .states()
+            .map(|(container_id, state)| match state {
+                crate::readonly::State::Enforced => ReadOnlyStatus {
+                    container_id: container_id.to_owned(),
+                    enforced: true,
+                    reason: None,
+                },
+                crate::readonly::State::NotEnforced { reason } => ReadOnlyStatus {
+                    container_id: container_id.to_owned(),
+                    enforced: false,
+                    reason: Some(reason.clone()),
+                },
+            })
+            .collect();
+        read_only.sort_by(|a, b| a.container_id.cmp(&b.container_id));
         let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
         status.policies = policies;
         status.workloads = workloads;
+        status.read_only = read_only;
     }
 }
 

@@ -295,3 +295,46 @@ fn entry_for(policies: &[&SlottedPolicy], identity: Identity) -> Entry {
         policy_names,
     }
 }
+
+/// The running containers that an enforce-mode `readOnly: true` policy
+/// selects, with the paths that stay writable under all of their policies.
+pub fn read_only_targets(
+    policies: &[SlottedPolicy],
+    pods: &[PodInfo],
+    containers: &[ContainerInfo],
+) -> Vec<crate::readonly::Target> {
+    let pods_by_id: HashMap<&str, &PodInfo> = pods.iter().map(|pod| (pod.id.as_str(), pod)).collect();
+    let mut targets = Vec::new();
+    for container in containers.iter().filter(|container| container.running) {
+        let Some(pod) = pods_by_id.get(container.pod_sandbox_id.as_str()) else {
+            continue;
+        };
+        let applying: Vec<&Policy> = policies
+            .iter()
+            .map(|slotted| &slotted.policy)
+            .filter(|policy| {
+                policy.selects_pod(&pod.namespace, &pod.labels) && policy.selects_container(&container.name)
+            })
+            .collect();
+        let Some(plan) = policy::read_only_plan(&applying) else {
+            continue;
+        };
+        let Some(writable) = plan.enforced_writable_paths else {
+            // Only audit-mode policies make it read-only: nothing to block.
+            continue;
+        };
+        targets.push(crate::readonly::Target {
+            container_id: container.id.clone(),
+            identity: Identity {
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                pod_uid: pod.uid.clone(),
+                container: Some(container.name.clone()),
+                container_id: Some(container.id.clone()),
+            },
+            writable,
+            policies: plan.policies,
+        });
+    }
+    targets
+}

@@ -66,7 +66,7 @@ pub struct Kernel {
     pub losses: PerCpuArray<MapData, u64>,
     /// Taken out by the event reader.
     pub events: Option<RingBuf<MapData>>,
-    /// What the start-up probe found.
+    /// Result of the start-up probe.
     pub probe: Probe,
 }
 
@@ -88,43 +88,29 @@ impl Kernel {
             path: cgroup.to_owned(),
             source,
         })?;
+
+        // aya attaches through a BPF link on kernels from 5.7 on. The
+        // kernel rejects any flag on a cgroup link (EINVAL) and always
+        // runs link programs next to the others on the cgroup, as
+        // BPF_F_ALLOW_MULTI would.
         for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| KernelError::LoadProgram { name, source })?;
-            // aya attaches through a BPF link on kernels from 5.7 on. The
-            // kernel rejects any flag on a cgroup link (EINVAL) and always
-            // runs link programs next to the others on the cgroup, as
-            // BPF_F_ALLOW_MULTI would.
             program
                 .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(|source| KernelError::Attach {
-                    name,
-                    path: cgroup.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| attach_error(name, cgroup, source))?;
         }
         let name = program_names::SOCK_CREATE;
-        let sock_create: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or(KernelError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let sock_create: &mut CgroupSock = program_mut(&mut ebpf, name)?;
         sock_create
             .load()
             .map_err(|source| KernelError::LoadProgram { name, source })?;
         sock_create
             .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(|source| KernelError::Attach {
-                name,
-                path: cgroup.to_owned(),
-                source,
-            })?;
+            .map_err(|source| attach_error(name, cgroup, source))?;
+
         attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
         attach_tracepoint(&mut ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")?;
         Ok(Self {
@@ -139,17 +125,32 @@ impl Kernel {
     }
 }
 
+/// Finds a program by name as its expected type.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| KernelError::LoadProgram { name, source })
+}
+
+fn attach_error(name: &'static str, cgroup: &Path, source: ProgramError) -> KernelError {
+    KernelError::Attach {
+        name,
+        path: cgroup.to_owned(),
+        source,
+    }
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     category: &str,
     event: &str,
 ) -> Result<(), KernelError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    let program: &mut TracePoint = program_mut(ebpf, name)?;
     program
         .load()
         .map_err(|source| KernelError::LoadProgram { name, source })?;

@@ -16,6 +16,7 @@ pub mod mountns;
 pub mod policy;
 pub mod probe;
 pub mod reader;
+pub mod readonly;
 pub mod status;
 pub mod tail;
 pub mod watch;

@@ -22,6 +22,7 @@ pub struct MetricsState {
     pub kernel: Arc<Mutex<Kernel>>,
     pub identities: Arc<RwLock<Identities>>,
     pub backends: Vec<Choice>,
+    pub status: Arc<RwLock<crate::status::Status>>,
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
@@ -107,6 +108,7 @@ fn render(state: &MetricsState) -> String {
         false,
     );
     write_backends(&mut out, &state.backends);
+    write_workloads(&mut out, &state.status.read().unwrap_or_else(|e| e.into_inner()));
     let _ = writeln!(
         out,
         "# HELP parapet_events_lost_total Event records the kernel could not hand to the agent, and decisions it could not count, by reason."
@@ -176,6 +178,37 @@ fn write_backends(out: &mut String, backends: &[Choice]) {
             );
         }
     }
+}
+
+/// Workloads that policies select for a promise, and how many of them are
+/// enforced: the gap is what an auditor asks about first.
+fn write_workloads(out: &mut String, status: &crate::status::Status) {
+    // NOTE: the network counts start from the entries the agent wrote, so
+    // an entry whose write failed is missing from both; the log names it.
+    let network = status.workloads.len();
+    let network_enforced = status
+        .workloads
+        .iter()
+        .filter(|w| status.kernel_policed_cgroups.contains(&w.cgroup_id))
+        .count();
+    let read_only = status.read_only.len();
+    let read_only_enforced = status.read_only.iter().filter(|c| c.enforced).count();
+    let _ = writeln!(out, "# HELP parapet_workloads_selected Workloads (containers and pods) that policies select, per promise.");
+    let _ = writeln!(out, "# TYPE parapet_workloads_selected gauge");
+    let _ = writeln!(out, "parapet_workloads_selected{{promise=\"network\"}} {network}");
+    let _ = writeln!(out, "parapet_workloads_selected{{promise=\"filesystem\"}} {read_only}");
+    let _ = writeln!(out, "# HELP parapet_workloads_not_enforced Selected workloads whose policy is not in force, per promise.");
+    let _ = writeln!(out, "# TYPE parapet_workloads_not_enforced gauge");
+    let _ = writeln!(
+        out,
+        "parapet_workloads_not_enforced{{promise=\"network\"}} {}",
+        network - network_enforced
+    );
+    let _ = writeln!(
+        out,
+        "parapet_workloads_not_enforced{{promise=\"filesystem\"}} {}",
+        read_only - read_only_enforced
+    );
 }
 
 /// Escapes a label value as the text format requires.

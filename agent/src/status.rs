@@ -22,6 +22,17 @@ pub struct Status {
     pub kernel_counter_cgroups: BTreeSet<u64>,
     /// The last policy reload error, if the last reload failed.
     pub policy_error: Option<String>,
+    /// Containers that enforce-mode read-only policies select.
+    #[serde(default)]
+    pub read_only: Vec<ReadOnlyStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadOnlyStatus {
+    pub container_id: String,
+    pub enforced: bool,
+    /// Why the container is not read-only yet.
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,5 +102,16 @@ pub fn render_text(status: &Status) -> String {
         );
     }
     let _ = writeln!(out, "kernel entries: {}", status.kernel_policed_cgroups.len());
+    let _ = writeln!(out, "read-only:      {}", status.read_only.len());
+    for container in &status.read_only {
+        match &container.reason {
+            None => {
+                let _ = writeln!(out, "  {} enforced", container.container_id);
+            }
+            Some(reason) => {
+                let _ = writeln!(out, "  {} NOT ENFORCED: {reason}", container.container_id);
+            }
+        }
+    }
     out
 }

@@ -1,0 +1,178 @@
+//! Read-only root filesystems on kernels without BPF LSM: for each running
+//! container under an enforce-mode `readOnly: true` policy, the agent makes
+//! the container's mounts read-only from outside (see `mountns`), and
+//! retries where that fails, for instance with EBUSY while a file is open
+//! for writing.
+//!
+//! Mount flags live as long as the container's mount namespace, so the
+//! change is made again whenever the container's first process changes
+//! (a restart). A policy change that makes more paths read-only is applied
+//! at once. NOTE: one that makes a path writable again takes effect only
+//! when the container restarts, because the fallback never clears the
+//! read-only flag it set.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{identity::Identity, mountns};
+
+/// How soon a failed attempt is tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A container that its policies want read-only.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub container_id: String,
+    pub identity: Identity,
+    /// Paths that stay writable.
+    pub writable: Vec<PathBuf>,
+    /// The policies that make it read-only, for events and logs.
+    pub policies: Vec<String>,
+}
+
+/// Where one container stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Every mount that should be read-only is.
+    Enforced,
+    /// The last attempt failed; the reason says why.
+    NotEnforced { reason: String },
+}
+
+#[derive(Debug)]
+struct Record {
+    writable: Vec<PathBuf>,
+    state: State,
+    attempted_at: Instant,
+}
+
+/// The outcome of one attempt, for the caller to log and report.
+#[derive(Debug)]
+pub struct Attempt {
+    pub target: Target,
+    pub pid: u32,
+    pub state: State,
+    /// The attempt changed the state: from nothing or from the other state.
+    pub changed: bool,
+    /// Time the attempt took.
+    pub took: Duration,
+}
+
+/// The read-only state of every targeted container.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    records: HashMap<String, Record>,
+}
+
+impl Tracker {
+    /// Whether `target` needs an attempt now. Kubernetes gives a restarted
+    /// container a new container id, so a container id keeps its process
+    /// and its mount namespace.
+    pub fn due(&self, target: &Target) -> bool {
+        match self.records.get(&target.container_id) {
+            None => true,
+            Some(record) => {
+                narrower(&target.writable, &record.writable)
+                    || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
+            }
+        }
+    }
+
+    /// Counts of targets: (enforced, not enforced).
+    pub fn counts(&self) -> (usize, usize) {
+        let enforced = self
+            .records
+            .values()
+            .filter(|record| record.state == State::Enforced)
+            .count();
+        (enforced, self.records.len() - enforced)
+    }
+
+    /// Every record, for the status.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &State)> {
+        self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
+    }
+
+    /// Makes the container read-only and records the outcome. Blocks for
+    /// about a millisecond: call it from a blocking task.
+    pub fn attempt(&mut self, target: Target, pid: u32) -> Attempt {
+        let started = Instant::now();
+        let state = match mountns::make_read_only(pid, &target.writable) {
+            Ok(report) if report.is_complete() => State::Enforced,
+            Ok(report) => State::NotEnforced {
+                reason: describe_failures(&report),
+            },
+            Err(error) => State::NotEnforced {
+                reason: error.to_string(),
+            },
+        };
+        let previous = self.records.insert(
+            target.container_id.clone(),
+            Record {
+                writable: target.writable.clone(),
+                state: state.clone(),
+                attempted_at: Instant::now(),
+            },
+        );
+        let changed = previous.is_none_or(|record| record.state != state);
+        Attempt {
+            target,
+            pid,
+            state,
+            changed,
+            took: started.elapsed(),
+        }
+    }
+
+    /// Forgets containers that are no longer targets.
+    pub fn retain(&mut self, targets: &[Target]) {
+        self.records
+            .retain(|id, _| targets.iter().any(|target| &target.container_id == id));
+    }
+
+    pub fn state(&self, container_id: &str) -> Option<&State> {
+        self.records.get(container_id).map(|record| &record.state)
+    }
+}
+
+/// Whether `wanted` leaves some path writable that `applied` did not:
+/// then nothing more is needed. Otherwise `wanted` may be narrower and the
+/// change must be applied again.
+fn narrower(wanted: &[PathBuf], applied: &[PathBuf]) -> bool {
+    applied.iter().any(|path| !wanted.contains(path))
+}
+
+fn describe_failures(report: &mountns::ReadOnlyReport) -> String {
+    let failures: Vec<String> = report
+        .failed
+        .iter()
+        .map(|(mount, errno)| {
+            let error = std::io::Error::from_raw_os_error(*errno);
+            let hint = if *errno == libc::EBUSY {
+                " (a file on it is open for writing)"
+            } else {
+                ""
+            };
+            format!("{}: {error}{hint}", mount.display())
+        })
+        .collect();
+    format!("could not make these mounts read-only: {}", failures.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::narrower;
+    use std::path::PathBuf;
+
+    #[test]
+    fn narrower_writable_set_needs_a_new_attempt() {
+        let tmp = PathBuf::from("/tmp");
+        let data = PathBuf::from("/data");
+        assert!(narrower(&[tmp.clone()], &[tmp.clone(), data.clone()]));
+        assert!(!narrower(&[tmp.clone(), data.clone()], &[tmp.clone()]));
+        assert!(!narrower(&[tmp.clone()], &[tmp]));
+    }
+}

@@ -1,0 +1,173 @@
+//! Read-only root filesystems on a kernel without BPF LSM: the agent makes a
+//! policed container's mounts read-only from outside, keeps the declared
+//! writable paths writable, and says loudly when it cannot.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use parapet::event::{Kind, VerdictName};
+use parapet_tests::{
+    Containerd, Pod,
+    agent::{Agent, metric_value},
+};
+
+fn read_only_policy(mode: &str) -> String {
+    format!(
+        "apiVersion: parapet.dev/v1alpha1
+kind: RuntimePolicy
+metadata:
+  name: db-read-only
+spec:
+  selector:
+    namespace: clinic
+    matchLabels: {{app: db}}
+  mode: {mode}
+  filesystem:
+    readOnly: true
+    writablePaths: [/tmp]
+"
+    )
+}
+
+/// Each mutation of the root filesystem, as a shell command.
+const MUTATIONS: [(&str, &str); 9] = [
+    ("create", "touch /created"),
+    ("write", "echo changed > /data.txt"),
+    ("truncate", ": > /data.txt"),
+    ("unlink", "rm /data.txt"),
+    ("rename", "mv /data.txt /moved.txt"),
+    ("mkdir", "mkdir /made"),
+    ("link", "ln /data.txt /hard.txt"),
+    ("symlink", "ln -s /data.txt /soft.txt"),
+    ("chmod", "chmod 777 /data.txt"),
+];
+
+async fn shell(pod: &Pod, command: &str) -> Result<parapet_tests::ExecOutput> {
+    pod.exec(&["sh", "-c", command]).await
+}
+
+async fn prepare(pod: &Pod) -> Result<()> {
+    let output = shell(pod, "echo original > /data.txt && chmod 644 /data.txt").await?;
+    assert_eq!(output.exit_code, 0, "{output:?}");
+    Ok(())
+}
+
+/// Checks that every mutation fails with EROFS and changes nothing.
+async fn assert_read_only(pod: &Pod) -> Result<()> {
+    for (what, command) in MUTATIONS {
+        let output = shell(pod, command).await?;
+        assert_ne!(output.exit_code, 0, "{what} succeeded: {output:?}");
+        assert!(output.stderr.contains("Read-only file system"), "{what}: {output:?}");
+    }
+    let content = shell(pod, "cat /data.txt").await?;
+    assert_eq!(content.stdout_trimmed(), "original");
+    let mode = shell(pod, "stat -c %a /data.txt").await?;
+    assert_eq!(mode.stdout_trimmed(), "644");
+    let listing = shell(pod, "ls /").await?;
+    for name in ["created", "moved.txt", "made", "hard.txt", "soft.txt"] {
+        assert!(!listing.stdout.lines().any(|line| line == name), "{name} exists: {}", listing.stdout);
+    }
+    for file in ["/etc/hosts", "/etc/resolv.conf"] {
+        let output = shell(pod, &format!("echo x >> {file}")).await?;
+        assert!(output.stderr.contains("Read-only file system"), "{file}: {output:?}");
+    }
+    let tmp = shell(pod, "echo scratch > /tmp/scratch && cat /tmp/scratch").await?;
+    assert_eq!(tmp.stdout_trimmed(), "scratch", "{tmp:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn read_only_root_refuses_every_mutation() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    let other = Pod::run(&containerd, "other", "clinic", &[("app", "other")]).await?;
+    prepare(&db).await?;
+    prepare(&other).await?;
+    let mut agent = Agent::start(&containerd, &[("db.yaml", &read_only_policy("enforce"))])?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
+
+    assert_read_only(&db).await?;
+    // A pod that no policy selects can do all of it.
+    for (what, command) in MUTATIONS {
+        prepare(&other).await?;
+        let output = shell(&other, command).await?;
+        assert_eq!(output.exit_code, 0, "{what} in an unpoliced pod: {output:?}");
+    }
+    let status = agent.status().await?;
+    let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
+    assert!(entry.is_some_and(|c| c.enforced), "{status:#?}");
+    let metrics = agent.metrics()?;
+    let filesystem = [("promise", "filesystem")];
+    assert_eq!(metric_value(&metrics, "parapet_workloads_selected", &filesystem), Some(1.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &filesystem), Some(0.0));
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_reaches_a_running_pod() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    prepare(&db).await?;
+    let mut agent = Agent::start(&containerd, &[])?;
+    agent.wait_ready()?;
+    assert_eq!(shell(&db, "touch /before").await?.exit_code, 0);
+
+    let written = Instant::now();
+    agent.write_policy("db.yaml", &read_only_policy("enforce"))?;
+    loop {
+        if shell(&db, "touch /after").await?.exit_code != 0 {
+            break;
+        }
+        assert!(written.elapsed() < Duration::from_secs(20), "the policy never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("lag from the policy file changing to a refused write: {:?}", written.elapsed());
+    agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
+    assert_read_only(&db).await?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_writer_delays_enforcement_loudly() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    prepare(&db).await?;
+    let holder = "sleep 3600 3>/held.txt >/dev/null 2>&1 & echo $! > /tmp/holder.pid";
+    assert_eq!(shell(&db, holder).await?.exit_code, 0);
+    let mut agent = Agent::start(&containerd, &[("db.yaml", &read_only_policy("enforce"))])?;
+    agent.wait_ready()?;
+
+    agent.wait_for_log(&["failed to make the filesystem read-only", &db.container_id])?;
+    let event = agent.wait_for_event(|e| e.verdict == VerdictName::NotEnforced)?;
+    assert_eq!(event.kind, Kind::File);
+    assert_eq!(event.container_id.as_deref(), Some(db.container_id.as_str()));
+    assert_eq!(event.policy.as_deref(), Some("db-read-only"));
+    let detail = event.detail.clone().unwrap_or_default();
+    assert!(detail.contains("open for writing"), "{detail}");
+    let status = agent.status().await?;
+    let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
+    assert!(entry.is_some_and(|c| !c.enforced && c.reason.is_some()), "{status:#?}");
+    let metrics = agent.metrics()?;
+    let filesystem = [("promise", "filesystem")];
+    assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &filesystem), Some(1.0), "{metrics}");
+
+    assert_eq!(shell(&db, "kill $(cat /tmp/holder.pid)").await?.exit_code, 0);
+    agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
+    assert_read_only(&db).await?;
+    let metrics = agent.metrics()?;
+    assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &filesystem), Some(0.0), "{metrics}");
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
