@@ -5,6 +5,7 @@
 //! hidden padding, so both sides read the same bytes.
 #![no_std]
 
+pub mod exec;
 pub mod net;
 
 /// Names of the kernel maps, as the agent looks them up after loading.
@@ -15,6 +16,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const LOSSES: &str = "LOSSES";
     pub const EXEC_PATHS: &str = "EXEC_PATHS";
+    pub const EXEC_POLICIES: &str = "EXEC_POLICIES";
+    pub const EXEC_RULES: &str = "EXEC_RULES";
 }
 
 /// Names of the kernel programs.
@@ -85,8 +88,8 @@ pub struct CgroupPolicies {
     pub slots: [u32; MAX_POLICIES_PER_CGROUP],
     /// Number of valid entries in `slots`.
     pub count: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// `exec::CGROUP_EXEC_RESOLVED` or 0.
+    pub flags: u32,
 }
 
 /// What a policy does when its rules do not allow an operation.
@@ -135,6 +138,8 @@ pub enum EventKind {
     /// protocols other than TCP, UDP and MPTCP (UDP-Lite connects, for one,
     /// pass no connect hook).
     Socket = 3,
+    /// `execve(2)` of a program.
+    Exec = 4,
 }
 
 impl EventKind {
@@ -143,6 +148,7 @@ impl EventKind {
             1 => Some(Self::Connect),
             2 => Some(Self::Sendmsg),
             3 => Some(Self::Socket),
+            4 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -209,4 +215,8 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::net::NetPolicy {}
     unsafe impl aya::Pod for super::ExecPath {}
+    unsafe impl aya::Pod for super::exec::ExecRuleKey {}
+    unsafe impl aya::Pod for super::exec::ExecRuleValue {}
+    unsafe impl aya::Pod for super::exec::ExecPolicy {}
+    unsafe impl aya::Pod for super::exec::ExeOffsets {}
 }

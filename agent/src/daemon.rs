@@ -75,6 +75,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut kernel = Kernel::load_and_attach(&attach)
         .with_context(|| format!("failed to set up the kernel programs on {}", attach.display()))?;
     info!(cgroup = %attach.display(), "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6, sched_process_exec");
+    if let Err(reason) = &kernel.exe_identity {
+        warn!(reason = %reason, "exec lists match by path only: the identity of executables cannot be read on this kernel");
+    }
     let backends = kernel.probe.choose();
     for choice in &backends {
         info!(
@@ -170,6 +173,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         retry_at: None,
         unlisted_since: Default::default(),
         read_only: Default::default(),
+        exec_rules: Default::default(),
         sink,
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
@@ -246,14 +250,10 @@ fn log_policies(enforcer: &Enforcer) {
             mode = ?slotted.policy.mode,
             "policy loaded"
         );
-        // NOTE: the exec section, and the filesystem section in audit
-        // mode, are parsed and validated but neither enforced nor
-        // reported yet; say so on every load.
+        // NOTE: the filesystem section in audit mode is parsed and
+        // validated but not reported yet; say so on every load.
         let read_only = slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only);
-        let unsupported = [
-            ("spec.exec", slotted.policy.exec.is_some()),
-            ("spec.filesystem in audit mode", read_only && slotted.policy.mode == policy::Mode::Audit),
-        ];
+        let unsupported = [("spec.filesystem in audit mode", read_only && slotted.policy.mode == policy::Mode::Audit)];
         for (section, present) in unsupported {
             if present {
                 error!(
@@ -284,6 +284,7 @@ struct LoopState {
     /// Container cgroups the runtime did not list, since when.
     unlisted_since: std::collections::HashMap<String, Instant>,
     read_only: crate::readonly::Tracker,
+    exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,
 }
 
@@ -348,6 +349,8 @@ impl LoopState {
         };
         name_slots(&self.enforcer, &self.identities);
         log_policies(&self.enforcer);
+        // The identities were written for the old slots, which go below.
+        self.exec_rules.reset();
         self.status.write().unwrap_or_else(|e| e.into_inner()).policy_error = None;
         // Point every entry at the new slots before the old ones are cleared.
         if self.reconcile(true).await {
@@ -398,11 +401,13 @@ impl LoopState {
             .values()
             .any(|since| now.duration_since(*since) < PENDING_WINDOW)
             .then(|| now + PENDING_RETRY);
+        self.resolve_exec_rules(&pods, &containers).await;
         let desired = crate::enforce::desired_entries(
             self.enforcer.policies(),
             &pods,
             &containers,
             &scan.containers,
+            &self.exec_rules.resolved(),
         );
         let identities = workload_identities(&pods, &containers, &scan.containers);
         self.identities
@@ -422,6 +427,49 @@ impl LoopState {
         self.enforce_read_only(targets).await;
         self.update_status();
         true
+    }
+
+    /// Writes the identities of the files on the exec lists of containers
+    /// that do not have them yet.
+    async fn resolve_exec_rules(
+        &mut self,
+        pods: &[crate::cri::PodInfo],
+        containers: &[crate::cri::ContainerInfo],
+    ) {
+        let targets = crate::enforce::exec_targets(self.enforcer.policies(), pods, containers);
+        let wanted = targets.iter().map(|(id, _)| id.clone()).collect();
+        {
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            self.exec_rules.retain(&mut kernel, &wanted);
+        }
+        let Some(cri) = self.cri.clone() else {
+            return;
+        };
+        for (container_id, policies) in targets {
+            if self.exec_rules.is_resolved(&container_id) {
+                continue;
+            }
+            let pid = match cri.container_pid(&container_id).await {
+                Ok(pid) => pid,
+                Err(error) => {
+                    warn!(container_id = %container_id, error = %error, "failed to find the first process of a container to look up its exec lists; will retry");
+                    continue;
+                }
+            };
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            // A fork and a wait, about a millisecond.
+            let resolved = tokio::task::block_in_place(|| {
+                self.exec_rules.resolve(&mut kernel, &container_id, pid, &policies)
+            });
+            match resolved {
+                Ok(found) => info!(container_id = %container_id, files = found, "exec lists looked up; allow lists enforced"),
+                Err(error) => error!(
+                    container_id = %container_id,
+                    error = %error,
+                    "failed to look up the files on a container's exec lists; its allow lists are reported, not enforced; will retry"
+                ),
+            }
+        }
     }
 
     /// Makes the targeted containers read-only where that is not done yet,

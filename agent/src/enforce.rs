@@ -8,7 +8,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use parapet_common::{CgroupPolicies, MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS, net::NetPolicy};
+use parapet_common::{
+    CgroupPolicies, MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS,
+    exec::{
+        CGROUP_EXEC_RESOLVED, ExecPolicy, ExecRuleKey, ExecRuleValue, LIST_ALLOW, LIST_DENY, RULE_PATH, path_hash,
+    },
+    net::NetPolicy,
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -115,6 +121,13 @@ impl Enforcer {
                     source,
                 });
             }
+            if let Err(source) = install_exec(kernel, slot, &policy) {
+                return Err(EnforceError::WriteSlot {
+                    policy: policy.name.clone(),
+                    slot,
+                    source,
+                });
+            }
             installed.push(SlottedPolicy { policy, slot });
         }
         let old = std::mem::replace(&mut self.policies, installed);
@@ -127,6 +140,18 @@ impl Enforcer {
         for slot in slots {
             if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
+            }
+            if let Err(error) = kernel.exec_policies.set(slot, ExecPolicy::default(), 0) {
+                warn!(slot, error = %error, "failed to clear a released policy slot");
+            }
+            let keys: Vec<ExecRuleKey> = kernel
+                .exec_rules
+                .keys()
+                .flatten()
+                .filter(|key| key.slot == slot)
+                .collect();
+            for key in keys {
+                let _ = kernel.exec_rules.remove(&key);
             }
             self.free_slots.push_back(slot);
         }
@@ -203,11 +228,14 @@ impl Enforcer {
 /// ancestor from its first instruction. Each container selected by any
 /// policy gets its own entry with every policy that applies to it,
 /// pod-level ones included, because the kernel stops at the nearest entry.
+/// `exec_resolved` holds the containers whose exec list identities are in
+/// the kernel; their entries get `CGROUP_EXEC_RESOLVED`.
 pub fn desired_entries(
     policies: &[SlottedPolicy],
     pods: &[PodInfo],
     containers: &[ContainerInfo],
     cgroups: &HashMap<String, ContainerCgroup>,
+    exec_resolved: &HashSet<String>,
 ) -> HashMap<u64, Entry> {
     let mut entries = HashMap::new();
     let mut pod_cgroups = HashMap::new();
@@ -264,7 +292,11 @@ pub fn desired_entries(
             container: Some(container.name.clone()),
             container_id: Some(container.id.clone()),
         };
-        entries.insert(cgroup.id, entry_for(&applying, identity));
+        let mut entry = entry_for(&applying, identity);
+        if exec_resolved.contains(&container.id) {
+            entry.policies.flags |= CGROUP_EXEC_RESOLVED;
+        }
+        entries.insert(cgroup.id, entry);
     }
     entries
 }
@@ -335,6 +367,92 @@ pub fn read_only_targets(
             writable,
             policies: plan.policies,
         });
+    }
+    targets
+}
+
+/// Writes a policy's exec section into its slot: the policy header and the
+/// path hashes of its deny list. Identities of listed files differ per
+/// container and are written by `exec_identity_rules`.
+fn install_exec(kernel: &mut Kernel, slot: u32, policy: &Policy) -> Result<(), aya::maps::MapError> {
+    let Some(exec) = &policy.exec else {
+        return kernel.exec_policies.set(slot, ExecPolicy::default(), 0);
+    };
+    for (index, path) in exec.deny.iter().enumerate() {
+        let key = ExecRuleKey {
+            slot,
+            kind: RULE_PATH,
+            first: path_hash(path.as_os_str().as_encoded_bytes()),
+            second: 0,
+        };
+        let value = ExecRuleValue {
+            lists: LIST_DENY,
+            allow_index: 0,
+            deny_index: index as u32,
+        };
+        kernel.exec_rules.insert(key, value, 0)?;
+    }
+    let header = ExecPolicy {
+        mode: policy.mode as u32,
+        restricted: 1,
+        has_allow: u32::from(exec.allow.is_some()),
+        reserved: 0,
+    };
+    kernel.exec_policies.set(slot, header, 0)
+}
+
+/// The paths to look up in a container for its exec lists, and the rule
+/// value each identity gets per slot.
+pub fn exec_lookups(policies: &[&SlottedPolicy]) -> Vec<(u32, std::path::PathBuf, ExecRuleValue)> {
+    let mut lookups = Vec::new();
+    for slotted in policies {
+        let Some(exec) = &slotted.policy.exec else {
+            continue;
+        };
+        for (index, path) in exec.allow.iter().flatten().enumerate() {
+            let value = ExecRuleValue {
+                lists: LIST_ALLOW,
+                allow_index: index as u32,
+                deny_index: 0,
+            };
+            lookups.push((slotted.slot, path.clone(), value));
+        }
+        for (index, path) in exec.deny.iter().enumerate() {
+            let value = ExecRuleValue {
+                lists: LIST_DENY,
+                allow_index: 0,
+                deny_index: index as u32,
+            };
+            lookups.push((slotted.slot, path.clone(), value));
+        }
+    }
+    lookups
+}
+
+/// The running containers whose policies have an exec section, with those
+/// policies.
+pub fn exec_targets<'a>(
+    policies: &'a [SlottedPolicy],
+    pods: &[PodInfo],
+    containers: &[ContainerInfo],
+) -> Vec<(String, Vec<&'a SlottedPolicy>)> {
+    let pods_by_id: HashMap<&str, &PodInfo> = pods.iter().map(|pod| (pod.id.as_str(), pod)).collect();
+    let mut targets = Vec::new();
+    for container in containers.iter().filter(|container| container.running) {
+        let Some(pod) = pods_by_id.get(container.pod_sandbox_id.as_str()) else {
+            continue;
+        };
+        let applying: Vec<&SlottedPolicy> = policies
+            .iter()
+            .filter(|slotted| {
+                slotted.policy.exec.is_some()
+                    && slotted.policy.selects_pod(&pod.namespace, &pod.labels)
+                    && slotted.policy.selects_container(&container.name)
+            })
+            .collect();
+        if !applying.is_empty() {
+            targets.push((container.id.clone(), applying));
+        }
     }
     targets
 }

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use parapet_common::{
     EventHeader, EventKind, NO_RULE, Verdict,
+    exec::{EXEC_EVENT_UNRESOLVED, ExecEvent, LIST_ALLOW, LIST_DENY, RULE_IDENTITY, RULE_LIST_SHIFT, RULE_PATH},
     net::{FAMILY_INET, NetEvent, PROTOCOL_TCP, PROTOCOL_UDP},
 };
 use serde::{Deserialize, Serialize};
@@ -113,12 +114,14 @@ pub struct Peer {
 #[derive(Clone, Copy, Debug)]
 pub enum Record {
     Net(NetEvent),
+    Exec(ExecEvent),
 }
 
 impl Record {
     pub fn header(&self) -> &EventHeader {
         match self {
             Self::Net(event) => &event.header,
+            Self::Exec(event) => &event.header,
         }
     }
 }
@@ -144,6 +147,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         Some(EventKind::Connect | EventKind::Sendmsg | EventKind::Socket) => {
             Ok(Record::Net(read_prefix(bytes)?))
         }
+        Some(EventKind::Exec) => Ok(Record::Exec(read_prefix(bytes)?)),
         None => Err(DecodeError::UnknownKind { kind: header.kind }),
     }
 }
@@ -205,6 +209,39 @@ pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
     })
 }
 
+/// The list entry named by an exec record's rule, as a path into the
+/// policy.
+pub fn exec_rule(header: &EventHeader) -> Option<String> {
+    let rule = rule_index(header)?;
+    let index = rule & ((1 << RULE_LIST_SHIFT) - 1);
+    match rule >> RULE_LIST_SHIFT {
+        LIST_ALLOW => Some(format!("spec.exec.allow[{index}]")),
+        LIST_DENY => Some(format!("spec.exec.deny[{index}]")),
+        _ => None,
+    }
+}
+
+/// How an exec record's program was matched, in words.
+pub fn exec_detail(event: &ExecEvent) -> String {
+    let file = format!(
+        "file device {}:{} inode {}",
+        event.dev >> 20,
+        event.dev & 0xfffff,
+        event.ino
+    );
+    let matched = match event.matched_by {
+        RULE_IDENTITY => "matched by file identity".to_owned(),
+        RULE_PATH => "matched by path".to_owned(),
+        _ => "on no list".to_owned(),
+    };
+    let unresolved = if event.flags & EXEC_EVENT_UNRESOLVED != 0 {
+        "; not blocked because the agent had not yet looked up this container's allowed files"
+    } else {
+        ""
+    };
+    format!("{file}, {matched}{unresolved}")
+}
+
 /// What a refused socket creation asked for, in words.
 pub fn socket_detail(event: &NetEvent) -> String {
     let kind = match (event.family, event.sock_type) {
@@ -224,6 +261,7 @@ pub fn operation(header: &EventHeader) -> &'static str {
         Some(EventKind::Connect) => "connect",
         Some(EventKind::Sendmsg) => "sendmsg",
         Some(EventKind::Socket) => "socket",
+        Some(EventKind::Exec) => "exec",
         None => "unknown",
     }
 }
@@ -276,7 +314,9 @@ mod tests {
     #[test]
     fn decode_net_record() {
         let bytes = bytes_of(&net_record(EventKind::Connect as u32, Verdict::Deny as u32));
-        let Record::Net(event) = decode(&bytes).unwrap();
+        let Ok(Record::Net(event)) = decode(&bytes) else {
+            panic!("a connect record decodes as a network record");
+        };
         assert_eq!(comm(&event.header), "netprobe");
         let peer = net_peer(&event);
         assert_eq!(peer.address, "10.1.2.3".parse::<IpAddr>().unwrap());
@@ -294,6 +334,17 @@ mod tests {
             net_peer(&event).address,
             "::ffff:10.1.2.3".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn exec_rule_names_the_list_entry() {
+        let mut header = net_record(EventKind::Exec as u32, Verdict::Deny as u32).header;
+        header.rule = (LIST_DENY << RULE_LIST_SHIFT) | 3;
+        assert_eq!(exec_rule(&header).as_deref(), Some("spec.exec.deny[3]"));
+        header.rule = (LIST_ALLOW << RULE_LIST_SHIFT) | 1;
+        assert_eq!(exec_rule(&header).as_deref(), Some("spec.exec.allow[1]"));
+        header.rule = NO_RULE;
+        assert_eq!(exec_rule(&header), None);
     }
 
     #[test]

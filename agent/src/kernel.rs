@@ -7,11 +7,17 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TracePoint},
 };
-use parapet_common::{CgroupPolicies, CounterKey, map_names, net::NetPolicy, program_names};
+use parapet_common::{
+    CgroupPolicies, CounterKey,
+    exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
+    map_names,
+    net::NetPolicy,
+    program_names,
+};
 
 use crate::probe::Probe;
 
@@ -64,6 +70,11 @@ pub struct Kernel {
     pub net_policies: Array<MapData, NetPolicy>,
     pub decision_counters: PerCpuHashMap<MapData, CounterKey, u64>,
     pub losses: PerCpuArray<MapData, u64>,
+    pub exec_policies: Array<MapData, ExecPolicy>,
+    pub exec_rules: HashMap<MapData, ExecRuleKey, ExecRuleValue>,
+    /// Whether the exec program can read the identity of executables;
+    /// without it, exec lists match by path only.
+    pub exe_identity: Result<(), String>,
     /// Taken out by the event reader.
     pub events: Option<RingBuf<MapData>>,
     /// Result of the start-up probe.
@@ -82,7 +93,11 @@ impl Kernel {
     /// directory `cgroup`, so that they see every process below it.
     pub fn load_and_attach(cgroup: &Path) -> Result<Self, KernelError> {
         ensure_tracefs()?;
-        let mut ebpf = Ebpf::load(PROGRAMS).map_err(KernelError::Load)?;
+        let (offsets, exe_identity) = exe_offsets();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("EXE_OFFSETS", &offsets, true)
+            .load(PROGRAMS)
+            .map_err(KernelError::Load)?;
         let probe = Probe::run(&mut ebpf);
         let cgroup_file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
             path: cgroup.to_owned(),
@@ -118,10 +133,35 @@ impl Kernel {
             net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
             decision_counters: take_map(&mut ebpf, map_names::DECISION_COUNTERS)?,
             losses: take_map(&mut ebpf, map_names::LOSSES)?,
+            exec_policies: take_map(&mut ebpf, map_names::EXEC_POLICIES)?,
+            exec_rules: take_map(&mut ebpf, map_names::EXEC_RULES)?,
+            exe_identity,
             events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
             probe,
             _ebpf: ebpf,
         })
+    }
+}
+
+/// Reads the struct member offsets the exec program needs from the
+/// kernel's BTF.
+fn exe_offsets() -> (ExeOffsets, Result<(), String>) {
+    let offsets = crate::btf::KernelBtf::from_sys_fs().and_then(|btf| btf.exe_identity_offsets());
+    match offsets {
+        Ok(found) => (
+            ExeOffsets {
+                valid: 1,
+                task_mm: found.task_mm,
+                mm_exe_file: found.mm_exe_file,
+                file_dentry: found.file_dentry,
+                dentry_inode: found.dentry_inode,
+                inode_ino: found.inode_ino,
+                inode_sb: found.inode_sb,
+                sb_dev: found.sb_dev,
+            },
+            Ok(()),
+        ),
+        Err(error) => (ExeOffsets::default(), Err(error.to_string())),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod daemon;
 pub mod enforce;
 pub mod event;
+pub mod exec_rules;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

@@ -79,6 +79,7 @@ fn render(state: &MetricsState) -> String {
                 container: identity.container.unwrap_or_default(),
                 kind: match EventKind::from_u32(key.kind) {
                     Some(EventKind::Connect | EventKind::Sendmsg | EventKind::Socket) => "network",
+                    Some(EventKind::Exec) => "exec",
                     None => "unknown",
                 },
                 policy: identities.policy(key.policy_slot).unwrap_or("").to_owned(),

@@ -140,6 +140,13 @@ impl Namer {
                 event::exec_path(&net.binary),
                 None,
             ),
+            Record::Exec(exec) => (
+                Kind::Exec,
+                None,
+                event::exec_rule(header),
+                event::exec_path(&exec.binary),
+                Some(event::exec_detail(exec)),
+            ),
         };
         let (binary, binary_truncated) = match recorded_binary {
             Some((path, truncated)) => (Some(path), truncated),
