@@ -29,7 +29,9 @@ const DENY_EPERM: i32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const AF_PACKET: u32 = 17;
+const AF_XDP: u32 = 44;
 const SOCK_RAW: u32 = 3;
+const SOCK_PACKET: u32 = 10;
 const IPPROTO_MPTCP: u32 = 262;
 
 #[cgroup_sock(sock_create)]
@@ -80,7 +82,12 @@ pub fn parapet_socket_enter(ctx: TracePointContext) -> u32 {
     let Ok(family) = (unsafe { ctx.read_at::<u64>(SOCKET_FAMILY_OFFSET) }) else {
         return DONE;
     };
-    if family as u32 != AF_PACKET {
+    let family = family as u32;
+    let sock_type = unsafe { ctx.read_at::<u64>(SOCKET_TYPE_OFFSET) }.unwrap_or(0) as u32 & SOCK_TYPE_MASK;
+    // `socket(AF_INET, SOCK_PACKET, ...)` is the old way to ask for a packet
+    // socket, and AF_XDP sockets send frames as directly.
+    let packet = family == AF_PACKET || family == AF_XDP || (family == AF_INET && sock_type == SOCK_PACKET);
+    if !packet {
         return DONE;
     }
     let Some(policed) = policed::current() else {
@@ -89,14 +96,13 @@ pub fn parapet_socket_enter(ctx: TracePointContext) -> u32 {
     let Some(decision) = decide(policed.policies) else {
         return DONE;
     };
-    let sock_type = unsafe { ctx.read_at::<u64>(SOCKET_TYPE_OFFSET) }.unwrap_or(0) as u32;
     let protocol = unsafe { ctx.read_at::<u64>(SOCKET_PROTOCOL_OFFSET) }.unwrap_or(0) as u32;
     let peer = Peer {
         addr: [0; 4],
         port: 0,
-        family: AF_PACKET as u16,
+        family: family as u16,
         protocol,
-        sock_type: sock_type & SOCK_TYPE_MASK,
+        sock_type,
     };
     net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
     if decision.verdict == Verdict::Deny {

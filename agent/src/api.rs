@@ -169,7 +169,8 @@ async fn serve_client(
     let mut request = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(read_half, MAX_REQUEST_BYTES));
     let read = tokio::time::timeout(Duration::from_secs(5), limited.read_line(&mut request)).await;
-    if read.as_ref().is_ok_and(|r| r.is_ok()) && !request.ends_with('\n') && request.len() as u64 >= MAX_REQUEST_BYTES {
+    let hit_limit = limited.get_ref().limit() == 0;
+    if hit_limit && !request.ends_with('\n') {
         let reply = serde_json::json!({
             "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")
         });

@@ -59,6 +59,12 @@ const EVENT_BACKLOG: usize = 4096;
 
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let node = options.node_name.clone().unwrap_or_else(node_name);
+    if !options.policy_dir.is_dir() {
+        bail!(
+            "the policy directory {} does not exist or is not a directory; create it (it may be empty) or pass --policy-dir",
+            options.policy_dir.display()
+        );
+    }
     let mut watcher = PolicyWatcher::new(options.policy_dir.clone());
     let policies = watcher.load_initial().map_err(|errors| {
         for error in &errors {
@@ -74,7 +80,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
     let mut kernel = Kernel::load_and_attach(&attach)
         .with_context(|| format!("failed to set up the kernel programs on {}", attach.display()))?;
-    info!(cgroup = %attach.display(), "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6, sched_process_exec");
+    info!(
+        cgroup = %attach.display(),
+        "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup, sched_process_exec and sys_enter_socket tracepoints"
+    );
     if let Err(reason) = &kernel.exe_identity {
         warn!(reason = %reason, "exec lists match by path only: the identity of executables cannot be read on this kernel");
     }
@@ -386,8 +395,10 @@ impl LoopState {
         };
         self.last_cri = Some(Instant::now());
         self.known_containers = scan.containers.keys().cloned().collect();
+        // A container the runtime lists as created but not yet running is
+        // pending too: its mounts can be made read-only once it runs.
         let listed = |id: &String| {
-            containers.iter().any(|c| &c.id == id) || pods.iter().any(|p| &p.id == id)
+            containers.iter().any(|c| &c.id == id && c.running) || pods.iter().any(|p| &p.id == id)
         };
         let now = Instant::now();
         self.unlisted_since.retain(|id, _| scan.containers.contains_key(id) && !listed(id));
@@ -611,6 +622,12 @@ impl LoopState {
             .applied()
             .iter()
             .map(|(cgroup_id, entry)| WorkloadStatus {
+                restricts_network: entry.policy_names.iter().any(|name| {
+                    self.enforcer.policies().iter().any(|slotted| {
+                        &slotted.policy.name == name
+                            && slotted.policy.network.as_ref().is_some_and(|n| n.egress().is_some())
+                    })
+                }),
                 cgroup_id: *cgroup_id,
                 namespace: entry.identity.namespace.clone(),
                 pod: entry.identity.pod.clone(),

@@ -245,7 +245,8 @@ pub fn exec_detail(event: &ExecEvent) -> String {
 /// What a refused socket creation asked for, in words.
 pub fn socket_detail(event: &NetEvent) -> String {
     let kind = match (event.family, event.sock_type) {
-        (17, _) => "packet socket",
+        (17, _) | (2, 10) => "packet socket",
+        (44, _) => "AF_XDP socket",
         (_, 3) => "raw socket",
         _ => "socket of a protocol the network policy cannot check",
     };

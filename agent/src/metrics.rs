@@ -186,11 +186,11 @@ fn write_backends(out: &mut String, backends: &[Choice]) {
 fn write_workloads(out: &mut String, status: &crate::status::Status) {
     // NOTE: the network counts start from the entries the agent wrote, so
     // an entry whose write failed is missing from both; the log names it.
-    let network = status.workloads.len();
+    let network = status.workloads.iter().filter(|w| w.restricts_network).count();
     let network_enforced = status
         .workloads
         .iter()
-        .filter(|w| status.kernel_policed_cgroups.contains(&w.cgroup_id))
+        .filter(|w| w.restricts_network && status.kernel_policed_cgroups.contains(&w.cgroup_id))
         .count();
     let read_only = status.read_only.len();
     let read_only_enforced = status.read_only.iter().filter(|c| c.enforced).count();

@@ -45,6 +45,9 @@ pub struct PolicyStatus {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkloadStatus {
+    /// Whether one of its policies restricts egress.
+    #[serde(default)]
+    pub restricts_network: bool,
     pub cgroup_id: u64,
     pub namespace: String,
     pub pod: String,

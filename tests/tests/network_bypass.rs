@@ -58,10 +58,12 @@ async fn uncheckable_sockets_are_refused() -> Result<()> {
     }
     // Packet sockets pass no cgroup socket hook: the process is killed
     // before socket(2) returns, so it prints nothing.
-    let packet = client.exec(&["netprobe", "socket", "packet"]).await?;
-    assert_eq!(packet.exit_code, 128 + libc::SIGKILL, "{packet:?}");
-    assert_eq!(packet.stdout, "", "{packet:?}");
-    for kind in ["udplite", "raw", "packet"] {
+    for kind in ["packet", "inet-packet"] {
+        let packet = client.exec(&["netprobe", "socket", kind]).await?;
+        assert_eq!(packet.exit_code, 128 + libc::SIGKILL, "{kind}: {packet:?}");
+        assert_eq!(packet.stdout, "", "{kind}: {packet:?}");
+    }
+    for kind in ["udplite", "raw", "packet", "inet-packet"] {
         let unpoliced = probe(&bystander, &["socket", kind]).await?;
         assert_eq!(unpoliced, "ok", "{kind} socket in an unpoliced pod");
     }
@@ -81,10 +83,10 @@ async fn uncheckable_sockets_are_refused() -> Result<()> {
     })?;
     assert_eq!(packet.verdict, VerdictName::Deny);
     let socket_events = agent.events()?.into_iter().filter(|e| e.operation == "socket").count();
-    assert_eq!(socket_events, 3);
+    assert_eq!(socket_events, 4);
     let metrics = agent.metrics()?;
     let labels = [("pod", "client"), ("kind", "network"), ("verdict", "deny")];
-    assert_eq!(metric_value(&metrics, "parapet_violations_total", &labels), Some(3.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "parapet_violations_total", &labels), Some(4.0), "{metrics}");
 
     agent.stop()?;
     containerd.cleanup().await?;

@@ -71,6 +71,12 @@ async fn assert_read_only(pod: &Pod) -> Result<()> {
         let output = shell(pod, &format!("echo x >> {file}")).await?;
         assert!(output.stderr.contains("Read-only file system"), "{file}: {output:?}");
     }
+    for (what, command) in [("a node in /dev", "mknod /dev/extra c 1 3"), ("a file in /dev", "echo x > /dev/kept")] {
+        let output = shell(pod, command).await?;
+        assert!(output.stderr.contains("Read-only file system"), "{what}: {output:?}");
+    }
+    let null = shell(pod, "echo discarded > /dev/null").await?;
+    assert_eq!(null.exit_code, 0, "writing to /dev/null: {null:?}");
     let tmp = shell(pod, "echo scratch > /tmp/scratch && cat /tmp/scratch").await?;
     assert_eq!(tmp.stdout_trimmed(), "scratch", "{tmp:?}");
     Ok(())
@@ -167,6 +173,37 @@ async fn open_writer_delays_enforcement_loudly() -> Result<()> {
     let metrics = agent.metrics()?;
     assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &filesystem), Some(0.0), "{metrics}");
 
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+/// New pods under a read-only policy: the agent makes each one read-only
+/// right after its container starts. The test prints how many first writes
+/// got through in that moment, and checks that a write a second later fails.
+#[tokio::test]
+async fn new_pods_become_read_only_quickly() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    const PODS: usize = 5;
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let mut agent = Agent::start(&containerd, &[("db.yaml", &read_only_policy("enforce"))])?;
+    agent.wait_ready()?;
+    let first_action = "if echo written > /first 2>/dev/null; then echo wrote > /tmp/first; else echo refused > /tmp/first; fi; sleep 3600";
+    let mut through = 0;
+    for index in 0..PODS {
+        let pod = Pod::run_command(&containerd, &format!("db-{index}"), "clinic", &[("app", "db")], &["sh", "-c", first_action]).await?;
+        let started = Instant::now();
+        agent.wait_for_log(&["filesystem made read-only", &pod.container_id])?;
+        println!("db-{index}: read-only {:?} after the pod started", started.elapsed());
+        if shell(&pod, "cat /tmp/first").await?.stdout_trimmed() == "wrote" {
+            through += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later = shell(&pod, "touch /later").await?;
+        assert!(later.stderr.contains("Read-only file system"), "db-{index}: {later:?}");
+        pod.remove().await?;
+    }
+    println!("first writes of new read-only pods that got through: {through} of {PODS}");
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())

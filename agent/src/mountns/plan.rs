@@ -31,15 +31,6 @@ const PSEUDO_FILESYSTEMS: [&str; 16] = [
     "nsfs",
 ];
 
-/// Types that count as pseudo-filesystems only when mounted on `/dev`,
-/// where they hold device nodes. Writes to a character device such as
-/// `/dev/null` work on a read-only mount anyway, but making `/dev`
-/// read-only would stop a program from creating its own nodes or sockets
-/// there, which is the runtime's business. Any other tmpfs, `/dev/shm`
-/// included, stores data that the application writes, so it is made
-/// read-only unless declared writable.
-const DEV_FILESYSTEMS: [&str; 2] = ["tmpfs", "devtmpfs"];
-
 /// Action for one mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Disposition {
@@ -68,10 +59,14 @@ pub(crate) fn classify(mount: &MountEntry, writable: &[PathBuf]) -> Disposition 
     Disposition::MakeReadOnly
 }
 
+/// A tmpfs stores whatever the application writes, `/dev` and `/dev/shm`
+/// included (a program could keep files or new device nodes in `/dev`), so
+/// it is not a pseudo-filesystem here and becomes read-only unless
+/// declared writable. Writes to a device such as `/dev/null` still work on
+/// a read-only mount, because the mount flag only guards changes to the
+/// file system itself.
 fn is_pseudo_filesystem(mount: &MountEntry) -> bool {
     PSEUDO_FILESYSTEMS.contains(&mount.fs_type.as_str())
-        || (DEV_FILESYSTEMS.contains(&mount.fs_type.as_str())
-            && mount.mount_point == Path::new("/dev"))
 }
 
 /// A writable path that is not a mount point yet, to be bound onto itself.
@@ -203,14 +198,9 @@ mod tests {
     }
 
     #[test]
-    fn classify_dev_tmpfs_is_pseudo() {
+    fn classify_dev_tmpfs_is_made_read_only() {
         let disposition = classify(&mount(231, "/dev", "tmpfs", false), &[]);
-        assert_eq!(
-            disposition,
-            Disposition::Skip(SkipReason::PseudoFilesystem {
-                fs_type: "tmpfs".to_string()
-            })
-        );
+        assert_eq!(disposition, Disposition::MakeReadOnly);
     }
 
     #[test]
@@ -257,6 +247,7 @@ mod tests {
             changed,
             [
                 "/",
+                "/dev",
                 "/sys/fs/cgroup",
                 "/etc/hostname",
                 "/etc/hosts",
@@ -275,7 +266,6 @@ mod tests {
             skipped,
             [
                 "/proc",
-                "/dev",
                 "/dev/pts",
                 "/dev/mqueue",
                 "/sys",

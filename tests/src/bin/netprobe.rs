@@ -24,7 +24,7 @@ const REPLY: &[u8] = b"pong";
 const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe send udp ADDR PORT\n       \
                      netprobe listen tcp|udp PORT\n       \
-                     netprobe socket udplite|raw|packet";
+                     netprobe socket udplite|raw|packet|inet-packet";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -69,6 +69,13 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         ["socket", "udplite"] => Ok(Command::Socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE)),
         ["socket", "raw"] => Ok(Command::Socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)),
         ["socket", "packet"] => Ok(Command::Socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)),
+        // The old way to ask for a packet socket: SOCK_PACKET (10) on
+        // AF_INET, which libc marks deprecated.
+        ["socket", "inet-packet"] => Ok(Command::Socket(
+            libc::AF_INET,
+            10,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
