@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod exec;
+pub mod file;
 pub mod net;
 
 /// Names of the kernel maps, as the agent looks them up after loading.
@@ -18,6 +19,7 @@ pub mod map_names {
     pub const EXEC_PATHS: &str = "EXEC_PATHS";
     pub const EXEC_POLICIES: &str = "EXEC_POLICIES";
     pub const EXEC_RULES: &str = "EXEC_RULES";
+    pub const FS_POLICIES: &str = "FS_POLICIES";
 }
 
 /// Names of the kernel programs.
@@ -140,6 +142,8 @@ pub enum EventKind {
     Socket = 3,
     /// `execve(2)` of a program.
     Exec = 4,
+    /// A syscall that changes a file system: see `file::op`.
+    File = 5,
 }
 
 impl EventKind {
@@ -149,6 +153,7 @@ impl EventKind {
             2 => Some(Self::Sendmsg),
             3 => Some(Self::Socket),
             4 => Some(Self::Exec),
+            5 => Some(Self::File),
             _ => None,
         }
     }
@@ -219,4 +224,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::exec::ExecRuleValue {}
     unsafe impl aya::Pod for super::exec::ExecPolicy {}
     unsafe impl aya::Pod for super::exec::ExeOffsets {}
+    unsafe impl aya::Pod for super::file::FsPolicy {}
 }

@@ -10,6 +10,7 @@
 mod counters;
 mod events;
 mod exec;
+mod file;
 mod net;
 mod policed;
 mod probe;

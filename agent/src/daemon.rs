@@ -244,7 +244,13 @@ fn node_name() -> String {
 fn name_slots(enforcer: &Enforcer, identities: &RwLock<crate::identity::Identities>) {
     let mut identities = identities.write().unwrap_or_else(|e| e.into_inner());
     for slotted in enforcer.policies() {
-        identities.set_slot_policy(slotted.slot, &slotted.policy.name);
+        let writable = slotted
+            .policy
+            .filesystem
+            .as_ref()
+            .map(|fs| fs.writable_paths.clone())
+            .unwrap_or_default();
+        identities.set_slot_policy(slotted.slot, &slotted.policy.name, writable);
     }
 }
 
@@ -259,18 +265,12 @@ fn log_policies(enforcer: &Enforcer) {
             mode = ?slotted.policy.mode,
             "policy loaded"
         );
-        // NOTE: the filesystem section in audit mode is parsed and
-        // validated but not reported yet; say so on every load.
         let read_only = slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only);
-        let unsupported = [("spec.filesystem in audit mode", read_only && slotted.policy.mode == policy::Mode::Audit)];
-        for (section, present) in unsupported {
-            if present {
-                error!(
-                    policy = %slotted.policy.name,
-                    section,
-                    "this agent does not act on this section yet"
-                );
-            }
+        if read_only && slotted.policy.mode == policy::Mode::Audit {
+            info!(
+                policy = %slotted.policy.name,
+                "read-only in audit mode: mutations of the root file system are reported, not refused"
+            );
         }
     }
 }
@@ -556,6 +556,8 @@ impl LoopState {
                     policy: attempt.target.policies.first().cloned(),
                     rule: Some("spec.filesystem.readOnly".to_owned()),
                     detail: Some(reason.clone()),
+                    path: None,
+                    resolved_path: None,
                 });
             }
         }

@@ -13,6 +13,7 @@ use parapet_common::{
     exec::{
         CGROUP_EXEC_RESOLVED, ExecPolicy, ExecRuleKey, ExecRuleValue, LIST_ALLOW, LIST_DENY, RULE_PATH, path_hash,
     },
+    file::FsPolicy,
     net::NetPolicy,
 };
 use tracing::{error, info, warn};
@@ -121,6 +122,17 @@ impl Enforcer {
                     source,
                 });
             }
+            let filesystem = FsPolicy {
+                mode: policy.mode as u32,
+                read_only: u32::from(policy.filesystem.as_ref().is_some_and(|fs| fs.read_only)),
+            };
+            if let Err(source) = kernel.fs_policies.set(slot, filesystem, 0) {
+                return Err(EnforceError::WriteSlot {
+                    policy: policy.name.clone(),
+                    slot,
+                    source,
+                });
+            }
             if let Err(source) = install_exec(kernel, slot, &policy) {
                 return Err(EnforceError::WriteSlot {
                     policy: policy.name.clone(),
@@ -139,6 +151,9 @@ impl Enforcer {
     pub fn release_slots(&mut self, kernel: &mut Kernel, slots: Vec<u32>) {
         for slot in slots {
             if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
+                warn!(slot, error = %error, "failed to clear a released policy slot");
+            }
+            if let Err(error) = kernel.fs_policies.set(slot, FsPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
             }
             if let Err(error) = kernel.exec_policies.set(slot, ExecPolicy::default(), 0) {

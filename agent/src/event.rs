@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use parapet_common::{
     EventHeader, EventKind, NO_RULE, Verdict,
+    file::FileEvent,
     exec::{EXEC_EVENT_UNRESOLVED, ExecEvent, LIST_ALLOW, LIST_DENY, RULE_IDENTITY, RULE_LIST_SHIFT, RULE_PATH},
     net::{FAMILY_INET, NetEvent, PROTOCOL_TCP, PROTOCOL_UDP},
 };
@@ -43,9 +44,17 @@ pub struct Event {
     /// The rule that allowed the operation, as a path into the policy;
     /// `None` when no rule matched.
     pub rule: Option<String>,
-    /// Why enforcement failed, for `not-enforced` events.
+    /// Why enforcement failed, for `not-enforced` events; what matched, for
+    /// exec events; what was asked for, for refused sockets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For file events: the path as the process gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For file events: `path` made absolute against the process's working
+    /// directory or directory descriptor, where the agent could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,6 +124,7 @@ pub struct Peer {
 pub enum Record {
     Net(NetEvent),
     Exec(ExecEvent),
+    File(FileEvent),
 }
 
 impl Record {
@@ -122,6 +132,7 @@ impl Record {
         match self {
             Self::Net(event) => &event.header,
             Self::Exec(event) => &event.header,
+            Self::File(event) => &event.header,
         }
     }
 }
@@ -148,6 +159,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Ok(Record::Net(read_prefix(bytes)?))
         }
         Some(EventKind::Exec) => Ok(Record::Exec(read_prefix(bytes)?)),
+        Some(EventKind::File) => Ok(Record::File(read_prefix(bytes)?)),
         None => Err(DecodeError::UnknownKind { kind: header.kind }),
     }
 }
@@ -263,6 +275,7 @@ pub fn operation(header: &EventHeader) -> &'static str {
         Some(EventKind::Sendmsg) => "sendmsg",
         Some(EventKind::Socket) => "socket",
         Some(EventKind::Exec) => "exec",
+        Some(EventKind::File) => "file",
         None => "unknown",
     }
 }

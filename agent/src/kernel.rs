@@ -14,6 +14,7 @@ use aya::{
 use parapet_common::{
     CgroupPolicies, CounterKey,
     exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
+    file::FsPolicy,
     map_names,
     net::NetPolicy,
     program_names,
@@ -72,6 +73,7 @@ pub struct Kernel {
     pub losses: PerCpuArray<MapData, u64>,
     pub exec_policies: Array<MapData, ExecPolicy>,
     pub exec_rules: HashMap<MapData, ExecRuleKey, ExecRuleValue>,
+    pub fs_policies: Array<MapData, FsPolicy>,
     /// Whether the exec program can read the identity of executables;
     /// without it, exec lists match by path only.
     pub exe_identity: Result<(), String>,
@@ -80,6 +82,15 @@ pub struct Kernel {
     /// Result of the start-up probe.
     pub probe: Probe,
 }
+
+/// Syscalls whose mutations of read-only file systems are reported; each
+/// has the programs `parapet_fe_<name>` on entry and `parapet_fx_<name>`
+/// on exit.
+const FILE_SYSCALLS: [&str; 26] = [
+    "openat", "open", "creat", "truncate", "unlinkat", "unlink", "renameat2", "renameat", "rename",
+    "mkdirat", "mkdir", "rmdir", "linkat", "link", "symlinkat", "symlink", "mknodat", "mknod",
+    "fchmodat", "chmod", "fchownat", "chown", "lchown", "setxattr", "lsetxattr", "removexattr",
+];
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [
     program_names::CONNECT4,
@@ -127,6 +138,19 @@ impl Kernel {
             .map_err(|source| attach_error(name, cgroup, source))?;
 
         attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
+        for syscall in FILE_SYSCALLS {
+            let enter = format!("parapet_fe_{syscall}");
+            let exit = format!("parapet_fx_{syscall}");
+            for (program, event) in [(enter, format!("sys_enter_{syscall}")), (exit, format!("sys_exit_{syscall}"))] {
+                if let Err(error) = attach_file_tracepoint(&mut ebpf, &program, &event) {
+                    tracing::warn!(
+                        program = %program,
+                        error = %error,
+                        "failed to attach a file tracepoint; attempts through this syscall are refused but not reported"
+                    );
+                }
+            }
+        }
         attach_tracepoint(&mut ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")?;
         Ok(Self {
             cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
@@ -135,6 +159,7 @@ impl Kernel {
             losses: take_map(&mut ebpf, map_names::LOSSES)?,
             exec_policies: take_map(&mut ebpf, map_names::EXEC_POLICIES)?,
             exec_rules: take_map(&mut ebpf, map_names::EXEC_RULES)?,
+            fs_policies: take_map(&mut ebpf, map_names::FS_POLICIES)?,
             exe_identity,
             events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
             probe,
@@ -201,6 +226,21 @@ fn attach_tracepoint(
             path: PathBuf::from(format!("tracepoint {category}/{event}")),
             source,
         })?;
+    Ok(())
+}
+
+/// Loads and attaches one file tracepoint program. Program names are
+/// built at run time, so errors carry them as text.
+fn attach_file_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> Result<(), String> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the object file"))?
+        .try_into()
+        .map_err(|error| format!("{name} is not a tracepoint program: {error}"))?;
+    program.load().map_err(|error| format!("failed to load {name}: {error}"))?;
+    program
+        .attach("syscalls", event)
+        .map_err(|error| format!("failed to attach {name} to syscalls/{event}: {error}"))?;
     Ok(())
 }
 

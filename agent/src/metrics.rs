@@ -80,6 +80,7 @@ fn render(state: &MetricsState) -> String {
                 kind: match EventKind::from_u32(key.kind) {
                     Some(EventKind::Connect | EventKind::Sendmsg | EventKind::Socket) => "network",
                     Some(EventKind::Exec) => "exec",
+                    Some(EventKind::File) => "file",
                     None => "unknown",
                 },
                 policy: identities.policy(key.policy_slot).unwrap_or("").to_owned(),

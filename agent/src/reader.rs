@@ -48,10 +48,45 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
                     continue;
                 }
             };
-            sink.emit(namer.name(&record, &clock));
+            let named = namer.name(&record, &clock);
+            if named.kind == Kind::File && named.verdict == VerdictName::Audit {
+                let writable = namer.writable_paths(record.header().policy_slot);
+                let path = named.resolved_path.as_deref().or(named.path.as_deref());
+                if path.is_some_and(|path| outside_root_file_system(path, &writable)) {
+                    continue;
+                }
+            }
+            sink.emit(named);
         }
         guard.clear_ready();
     }
+}
+
+/// Makes a path that a process gave absolute, against its working
+/// directory (`AT_FDCWD`) or the directory descriptor it used, read from
+/// `/proc` when the event arrives. `None` when that is gone.
+fn resolve_path(pid: u32, dirfd: i32, path: &str) -> Option<String> {
+    if path.starts_with('/') {
+        return Some(path.to_owned());
+    }
+    let base = if dirfd == parapet_common::file::AT_FDCWD {
+        format!("/proc/{pid}/cwd")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}")
+    };
+    let base = std::fs::read_link(base).ok()?;
+    Some(base.join(path).to_string_lossy().into_owned())
+}
+
+/// Whether an audit-mode file event concerns a path the policy leaves
+/// writable, or a kernel pseudo-filesystem, rather than the root file
+/// system: such events are not reported.
+fn outside_root_file_system(path: &str, writable: &[std::path::PathBuf]) -> bool {
+    let path = std::path::Path::new(path);
+    let pseudo = ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix) && !path.starts_with("/dev/shm"));
+    pseudo || writable.iter().any(|writable| path.starts_with(writable))
 }
 
 /// Where events go: a JSON line on stdout and every `tail` client.
@@ -112,6 +147,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Namer {
+    fn writable_paths(&self, slot: u32) -> Vec<std::path::PathBuf> {
+        let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
+        identities.writable_paths(slot).to_vec()
+    }
+
     fn name(&self, record: &Record, clock: &Clock) -> Event {
         let header = record.header();
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -147,6 +187,28 @@ impl Namer {
                 event::exec_path(&exec.binary),
                 Some(event::exec_detail(exec)),
             ),
+            Record::File(file) => (
+                Kind::File,
+                None,
+                Some("spec.filesystem.readOnly".to_owned()),
+                event::exec_path(&file.binary),
+                Some(format!(
+                    "{} returned {}",
+                    parapet_common::file::op::name(file.op),
+                    std::io::Error::from_raw_os_error((-file.ret).clamp(0, i32::MAX as i64) as i32)
+                ))
+                .filter(|_| file.ret < 0),
+            ),
+        };
+        let (path, resolved_path, operation) = match record {
+            Record::File(file) => {
+                let given = event::exec_path(&file.path).map(|(path, _)| path);
+                let resolved = given
+                    .as_deref()
+                    .and_then(|path| resolve_path(header.pid, file.dirfd, path));
+                (given, resolved, parapet_common::file::op::name(file.op).to_owned())
+            }
+            _ => (None, None, event::operation(header).to_owned()),
         };
         let (binary, binary_truncated) = match recorded_binary {
             Some((path, truncated)) => (Some(path), truncated),
@@ -162,7 +224,7 @@ impl Namer {
             time: clock.format(header.boot_time_ns),
             node: self.node.clone(),
             kind,
-            operation: event::operation(header).to_owned(),
+            operation,
             verdict,
             namespace: non_empty(identity.namespace),
             pod: non_empty(identity.pod),
@@ -179,6 +241,8 @@ impl Namer {
             policy,
             rule,
             detail,
+            path,
+            resolved_path,
         }
     }
 }

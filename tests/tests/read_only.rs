@@ -101,10 +101,25 @@ async fn read_only_root_refuses_every_mutation() -> Result<()> {
         let output = shell(&other, command).await?;
         assert_eq!(output.exit_code, 0, "{what} in an unpoliced pod: {output:?}");
     }
+    // Each refused mutation is reported with the path as given.
+    for path in ["/created", "/data.txt", "/made", "/hard.txt", "/soft.txt"] {
+        let event = agent.wait_for_event(|e| {
+            e.kind == Kind::File && e.verdict == VerdictName::Deny && e.path.as_deref() == Some(path)
+        })?;
+        assert_eq!(event.pod.as_deref(), Some("db"), "{event:?}");
+        assert_eq!(event.policy.as_deref(), Some("db-read-only"));
+        assert_eq!(event.resolved_path.as_deref(), Some(path));
+        assert!(event.detail.as_deref().is_some_and(|d| d.contains("Read-only file system")), "{event:?}");
+    }
     let status = agent.status().await?;
     let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
     assert!(entry.is_some_and(|c| c.enforced), "{status:#?}");
     let metrics = agent.metrics()?;
+    let file_denials = [("pod", "db"), ("kind", "file"), ("verdict", "deny")];
+    assert!(
+        metric_value(&metrics, "parapet_violations_total", &file_denials).is_some_and(|v| v >= 9.0),
+        "{metrics}"
+    );
     let filesystem = [("promise", "filesystem")];
     assert_eq!(metric_value(&metrics, "parapet_workloads_selected", &filesystem), Some(1.0), "{metrics}");
     assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &filesystem), Some(0.0));
@@ -204,6 +219,40 @@ async fn new_pods_become_read_only_quickly() -> Result<()> {
         pod.remove().await?;
     }
     println!("first writes of new read-only pods that got through: {through} of {PODS}");
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn audit_mode_reports_every_mutation() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    let mut agent = Agent::start(&containerd, &[("db.yaml", &read_only_policy("audit"))])?;
+    agent.wait_ready()?;
+    agent.wait_enforced(&db.container_id)?;
+
+    for (what, command) in MUTATIONS {
+        prepare(&db).await?;
+        let _ = shell(&db, "rm -rf /created /moved.txt /made /hard.txt /soft.txt").await?;
+        let output = shell(&db, command).await?;
+        assert_eq!(output.exit_code, 0, "{what} in audit mode: {output:?}");
+    }
+    assert_eq!(shell(&db, "echo scratch > /tmp/scratch").await?.exit_code, 0);
+    for path in ["/created", "/made", "/hard.txt", "/soft.txt", "/data.txt"] {
+        let event = agent.wait_for_event(|e| {
+            e.kind == Kind::File && e.verdict == VerdictName::Audit && e.path.as_deref() == Some(path)
+        })?;
+        assert_eq!(event.policy.as_deref(), Some("db-read-only"));
+    }
+    let events = agent.events()?;
+    assert!(
+        !events.iter().any(|e| e.path.as_deref().is_some_and(|p| p.starts_with("/tmp"))),
+        "writes under the writable /tmp are not reported: {events:#?}"
+    );
+    assert!(events.iter().all(|e| e.verdict != VerdictName::Deny), "{events:#?}");
+
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())

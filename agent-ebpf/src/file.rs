@@ -1,0 +1,240 @@
+//! Reporting file mutations by workloads under a `readOnly: true` policy,
+//! on kernels without BPF LSM. The agent makes such a container's mounts
+//! read-only, so the kernel itself refuses a mutation with EROFS; these
+//! syscall tracepoints only report. On entry a mutating syscall's path
+//! argument is kept; on exit, in enforce mode a call that failed with
+//! EROFS is reported as denied, and in audit mode (no remount) every call
+//! that succeeded is reported as an audit.
+//!
+//! NOTE: calls on file descriptors (`fchmod`, `fchown`, `ftruncate`,
+//! `fsetxattr`, `utimensat` with a descriptor) are refused by the kernel
+//! but not reported, and neither are 32-bit compat syscalls, which syscall
+//! tracepoints do not see.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, LruHashMap},
+    programs::TracePointContext,
+};
+use parapet_common::{
+    CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS,
+    Mode, NO_RULE, Verdict,
+    file::{AT_FDCWD, FileEvent, FsPolicy, PendingFileOp, op},
+};
+
+use crate::{counters::count_decision, events, exec, policed};
+
+/// Filesystem part of each policy, by policy slot.
+#[map]
+static FS_POLICIES: Array<FsPolicy> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
+
+/// Mutating syscalls between entry and exit, by pid and thread id.
+#[map]
+static PENDING_FILE_OPS: LruHashMap<u64, PendingFileOp> = LruHashMap::with_max_entries(16384, 0);
+
+/// The kernel ignores the return value of tracepoint programs.
+const DONE: u32 = 0;
+/// Offset of `long ret` in every `syscalls/sys_exit_*` record.
+const RET_OFFSET: usize = 16;
+/// Argument offset meaning "this syscall has no such argument".
+const NONE: usize = 0;
+const EROFS: i64 = 30;
+/// `open` flags that ask to change the file: O_WRONLY, O_RDWR, O_CREAT,
+/// O_TRUNC.
+const OPEN_WRITE_FLAGS: u64 = 0o1 | 0o2 | 0o100 | 0o1000;
+
+/// Defines the entry and exit programs of one syscall. Offsets are those
+/// of its arguments in `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`.
+macro_rules! file_syscall {
+    ($enter:ident, $exit:ident, $op:expr, path: $path:expr, dirfd: $dirfd:expr, flags: $flags:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $op, $path, $dirfd, $flags);
+            DONE
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx);
+            DONE
+        }
+    };
+}
+
+file_syscall!(parapet_fe_openat, parapet_fx_openat, op::OPENAT, path: 24, dirfd: 16, flags: 32);
+file_syscall!(parapet_fe_open, parapet_fx_open, op::OPEN, path: 16, dirfd: NONE, flags: 24);
+file_syscall!(parapet_fe_creat, parapet_fx_creat, op::CREAT, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_truncate, parapet_fx_truncate, op::TRUNCATE, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_unlinkat, parapet_fx_unlinkat, op::UNLINKAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_unlink, parapet_fx_unlink, op::UNLINK, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_renameat2, parapet_fx_renameat2, op::RENAMEAT2, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_renameat, parapet_fx_renameat, op::RENAMEAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_rename, parapet_fx_rename, op::RENAME, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_mkdirat, parapet_fx_mkdirat, op::MKDIRAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_mkdir, parapet_fx_mkdir, op::MKDIR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_rmdir, parapet_fx_rmdir, op::RMDIR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_linkat, parapet_fx_linkat, op::LINKAT, path: 40, dirfd: 32, flags: NONE);
+file_syscall!(parapet_fe_link, parapet_fx_link, op::LINK, path: 24, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_symlinkat, parapet_fx_symlinkat, op::SYMLINKAT, path: 32, dirfd: 24, flags: NONE);
+file_syscall!(parapet_fe_symlink, parapet_fx_symlink, op::SYMLINK, path: 24, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_mknodat, parapet_fx_mknodat, op::MKNODAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_mknod, parapet_fx_mknod, op::MKNOD, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_fchmodat, parapet_fx_fchmodat, op::FCHMODAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_chmod, parapet_fx_chmod, op::CHMOD, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_fchownat, parapet_fx_fchownat, op::FCHOWNAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_chown, parapet_fx_chown, op::CHOWN, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_lchown, parapet_fx_lchown, op::LCHOWN, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_setxattr, parapet_fx_setxattr, op::SETXATTR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_lsetxattr, parapet_fx_lsetxattr, op::LSETXATTR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_removexattr, parapet_fx_removexattr, op::REMOVEXATTR, path: 16, dirfd: NONE, flags: NONE);
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, op: u32, path_offset: usize, dirfd_offset: usize, flags_offset: usize) {
+    // Most opens only read: leave them before the cgroup lookups.
+    if flags_offset != NONE {
+        let flags = unsafe { ctx.read_at::<u64>(flags_offset) }.unwrap_or(0);
+        if flags & OPEN_WRITE_FLAGS == 0 {
+            return;
+        }
+    }
+    let Some(policed) = policed::current() else {
+        return;
+    };
+    if !has_read_only_policy(policed.policies) {
+        return;
+    }
+    // SAFETY: the offsets are those of 8-byte argument fields.
+    let Ok(path) = (unsafe { ctx.read_at::<u64>(path_offset) }) else {
+        return;
+    };
+    let dirfd = if dirfd_offset == NONE {
+        AT_FDCWD
+    } else {
+        unsafe { ctx.read_at::<u64>(dirfd_offset) }.unwrap_or(0) as i32
+    };
+    let pending = PendingFileOp { op, dirfd, path };
+    let _ = PENDING_FILE_OPS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: values are only ever replaced whole.
+    let Some(pending) = (unsafe { PENDING_FILE_OPS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = PENDING_FILE_OPS.remove(&pid_tgid);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET_OFFSET) }) else {
+        return;
+    };
+    let Some(policed) = policed::current() else {
+        return;
+    };
+    let Some((verdict, slot)) = decide(policed.policies, ret) else {
+        return;
+    };
+    count_decision(&CounterKey {
+        cgroup_id: policed.policed_cgroup_id,
+        policy_slot: slot,
+        rule: NO_RULE,
+        kind: EventKind::File as u32,
+        verdict: verdict as u32,
+    });
+    report(&policed, verdict, slot, &pending, ret, pid_tgid);
+}
+
+#[inline(always)]
+fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
+    let mut index = 0;
+    while index < MAX_POLICIES_PER_CGROUP {
+        if index as u32 >= policies.count {
+            break;
+        }
+        if FS_POLICIES.get(policies.slots[index]).is_some_and(|policy| policy.read_only != 0) {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
+/// A refusal with EROFS under an enforce-mode read-only policy is a deny; a
+/// success under an audit-mode one is an audit. Anything else is not
+/// reported.
+#[inline(always)]
+fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
+    let mut index = 0;
+    while index < MAX_POLICIES_PER_CGROUP {
+        if index as u32 >= policies.count {
+            break;
+        }
+        let slot = policies.slots[index];
+        index += 1;
+        let Some(policy) = FS_POLICIES.get(slot) else {
+            continue;
+        };
+        if policy.read_only == 0 {
+            continue;
+        }
+        if policy.mode == Mode::Enforce as u32 && ret == -EROFS {
+            return Some((Verdict::Deny, slot));
+        }
+        if policy.mode == Mode::Audit as u32 && ret >= 0 {
+            return Some((Verdict::Audit, slot));
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn report(policed: &policed::Policed, verdict: Verdict, slot: u32, pending: &PendingFileOp, ret: i64, pid_tgid: u64) {
+    let Some(mut entry) = events::reserve::<FileEvent>() else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: `record` points at reserved ring buffer memory the size of a
+    // `FileEvent`, written field by field because the record is too large
+    // for the 512-byte stack.
+    unsafe {
+        (*record).header = EventHeader {
+            kind: EventKind::File as u32,
+            verdict: verdict as u32,
+            boot_time_ns: bpf_ktime_get_boot_ns(),
+            cgroup_id: policed.cgroup_id,
+            policed_cgroup_id: policed.policed_cgroup_id,
+            tid: pid_tgid as u32,
+            pid,
+            policy_slot: slot,
+            rule: NO_RULE,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        (*record).op = pending.op;
+        (*record).dirfd = pending.dirfd;
+        (*record).ret = ret;
+        let path = &mut (*record).path;
+        match bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut path.bytes) {
+            Ok(bytes) => {
+                let len = bytes.len();
+                path.len = len as u32;
+                path.truncated = u32::from(len >= path.bytes.len() - 1);
+            }
+            Err(_) => {
+                path.len = 0;
+                path.truncated = 0;
+            }
+        }
+        match exec::path_of(pid) {
+            Some(binary) => core::ptr::copy_nonoverlapping(binary, &raw mut (*record).binary, 1),
+            None => {
+                (*record).binary.len = 0;
+                (*record).binary.truncated = 0;
+            }
+        }
+    }
+    entry.submit(0);
+}
