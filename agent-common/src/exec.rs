@@ -1,10 +1,10 @@
 //! Allowed programs as the exec tracepoint program reads them, and the exec
 //! event record it sends.
 //!
-//! A program is matched by identity (the device and inode of the file the
+//! A program is matched by identity: the device and inode of the file the
 //! process now runs, so a hard link under another name matches and a copy
-//! does not) and, for deny lists, also by path (a hash of the path the
-//! `execve` call named).
+//! does not. Deny lists also match by path, a hash of the path the
+//! `execve` call named.
 
 use crate::{EventHeader, ExecPath};
 

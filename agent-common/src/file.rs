@@ -9,7 +9,7 @@ use crate::{EventHeader, ExecPath};
 pub struct FsPolicy {
     /// A `Mode`.
     pub mode: u32,
-    /// 1 when the policy says `readOnly: true`.
+    /// 1 when the policy sets `readOnly: true`.
     pub read_only: u32,
 }
 
@@ -45,7 +45,8 @@ pub mod op {
     pub const LSETXATTR: u32 = 25;
     pub const REMOVEXATTR: u32 = 26;
 
-    /// The syscall name of an op, as in `/sys/kernel/tracing/events/syscalls`.
+    /// Returns the syscall name of an op, as in
+    /// `/sys/kernel/tracing/events/syscalls`.
     pub fn name(op: u32) -> &'static str {
         match op {
             OPENAT => "openat",

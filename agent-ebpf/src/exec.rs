@@ -1,7 +1,7 @@
-//! The exec tracepoint: remembers the program each policed process runs,
-//! so that every event names its binary even when the process has exited by
-//! the time the agent reads the record, and checks the program against the
-//! exec lists of the process's policies.
+//! The exec tracepoint. It remembers the program each policed process
+//! runs, so that every event names its binary even when the process has
+//! exited by the time the agent reads the record. It also checks the
+//! program against the exec lists of the process's policies.
 //!
 //! This is the fallback backend for allowed programs: a tracepoint cannot
 //! refuse an exec, so a refused program is killed with SIGKILL. The
@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use parapet_common::{
     CgroupPolicies, CounterKey, EventHeader, EventKind, ExecPath, MAX_EXEC_PATH, MAX_EXEC_PATHS,
-    MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS, Mode, NO_RULE, Verdict,
+    MAX_POLICY_SLOTS, Mode, NO_RULE, Verdict,
     exec::{
         CGROUP_EXEC_RESOLVED, EXEC_EVENT_UNRESOLVED, ExeOffsets, ExecEvent, ExecPolicy, ExecRuleKey,
         ExecRuleValue, LIST_ALLOW, LIST_DENY, RULE_IDENTITY, RULE_LIST_SHIFT, RULE_PATH,
@@ -122,18 +122,10 @@ fn check_exec(policed: &policed::Policed, path: &ExecPath) {
 fn decide(policies: &CgroupPolicies, dev: u64, ino: u64, hash: u64, resolved: bool) -> Option<Decision> {
     let mut allowed: Option<Decision> = None;
     let mut audited: Option<Decision> = None;
-    let mut index = 0;
-    while index < MAX_POLICIES_PER_CGROUP {
-        if index as u32 >= policies.count {
-            break;
-        }
-        let slot = policies.slots[index];
-        index += 1;
-        let Some(policy) = EXEC_POLICIES.get(slot) else {
-            continue;
-        };
+    let denied = policed::find_slot(policies, |slot| {
+        let policy = EXEC_POLICIES.get(slot)?;
         if policy.restricted == 0 {
-            continue;
+            return None;
         }
         let by_identity = lookup(slot, RULE_IDENTITY, dev, ino);
         let by_path = lookup(slot, RULE_PATH, hash, 0);
@@ -171,8 +163,9 @@ fn decide(policies: &CgroupPolicies, dev: u64, ino: u64, hash: u64, resolved: bo
             decision.verdict = Verdict::Audit;
             audited = Some(decision);
         }
-    }
-    audited.or(allowed)
+        None
+    });
+    denied.or(audited).or(allowed)
 }
 
 #[inline(always)]
@@ -268,7 +261,7 @@ fn record_exec(ctx: &TracePointContext) -> Option<&'static ExecPath> {
     let path = unsafe { &mut *scratch };
     // SAFETY: the offset is that of a 4-byte field inside the record.
     let location = unsafe { ctx.read_at::<u32>(FILENAME_LOC_OFFSET) }.ok()?;
-    // A `__data_loc` field holds the string's offset in its low 16 bits.
+    // A `__data_loc` field contains the string's offset in its low 16 bits.
     let offset = (location & 0xffff) as usize;
     // SAFETY: the kernel placed the NUL-terminated file name at that offset
     // of the record; the helper checks the read.
@@ -285,7 +278,7 @@ fn record_exec(ctx: &TracePointContext) -> Option<&'static ExecPath> {
     Some(unsafe { &*scratch })
 }
 
-/// The program path recorded for process `pid`.
+/// Returns the program path recorded for process `pid`.
 #[inline(always)]
 pub fn path_of(pid: u32) -> Option<&'static ExecPath> {
     // SAFETY: entries are only ever replaced whole.

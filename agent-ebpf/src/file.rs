@@ -2,9 +2,9 @@
 //! on kernels without BPF LSM. The agent makes such a container's mounts
 //! read-only, so the kernel itself refuses a mutation with EROFS; these
 //! syscall tracepoints only report. On entry a mutating syscall's path
-//! argument is kept; on exit, in enforce mode a call that failed with
-//! EROFS is reported as denied, and in audit mode (no remount) every call
-//! that succeeded is reported as an audit.
+//! argument is kept. On exit, in enforce mode, a call that failed with
+//! EROFS is reported as denied. In audit mode nothing is remounted, so
+//! every call that succeeded is reported as an audit.
 //!
 //! NOTE: calls on file descriptors (`fchmod`, `fchown`, `ftruncate`,
 //! `fsetxattr`, `utimensat` with a descriptor) are refused by the kernel
@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use parapet_common::{
-    CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICIES_PER_CGROUP, MAX_POLICY_SLOTS,
+    CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICY_SLOTS,
     Mode, NO_RULE, Verdict,
     file::{AT_FDCWD, FileEvent, FsPolicy, PendingFileOp, op},
 };
@@ -149,36 +149,21 @@ fn on_exit(ctx: &TracePointContext) {
 
 #[inline(always)]
 fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
-    let mut index = 0;
-    while index < MAX_POLICIES_PER_CGROUP {
-        if index as u32 >= policies.count {
-            break;
-        }
-        if FS_POLICIES.get(policies.slots[index]).is_some_and(|policy| policy.read_only != 0) {
-            return true;
-        }
-        index += 1;
-    }
-    false
+    policed::find_slot(policies, |slot| {
+        FS_POLICIES.get(slot).filter(|policy| policy.read_only != 0).map(|_| ())
+    })
+    .is_some()
 }
 
-/// A refusal with EROFS under an enforce-mode read-only policy is a deny; a
-/// success under an audit-mode one is an audit. Anything else is not
-/// reported.
+/// Returns the verdict and slot to report: a refusal with EROFS under an
+/// enforce-mode read-only policy is a deny, and a success under an
+/// audit-mode one is an audit. Anything else is not reported.
 #[inline(always)]
 fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
-    let mut index = 0;
-    while index < MAX_POLICIES_PER_CGROUP {
-        if index as u32 >= policies.count {
-            break;
-        }
-        let slot = policies.slots[index];
-        index += 1;
-        let Some(policy) = FS_POLICIES.get(slot) else {
-            continue;
-        };
+    policed::find_slot(policies, |slot| {
+        let policy = FS_POLICIES.get(slot)?;
         if policy.read_only == 0 {
-            continue;
+            return None;
         }
         if policy.mode == Mode::Enforce as u32 && ret == -EROFS {
             return Some((Verdict::Deny, slot));
@@ -186,8 +171,8 @@ fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
         if policy.mode == Mode::Audit as u32 && ret >= 0 {
             return Some((Verdict::Audit, slot));
         }
-    }
-    None
+        None
+    })
 }
 
 #[inline(always)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use parapet_common::{
-    CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICIES_PER_CGROUP,
+    CgroupPolicies, CounterKey, EventHeader, EventKind,
     MAX_POLICY_SLOTS, Mode, NO_RULE, Verdict,
     net::{
         FAMILY_INET, FAMILY_INET6, MAX_NET_RULES, NetEvent, NetPolicy, V4_MAPPED_WORD, is_ipv4_mapped,
@@ -143,18 +143,10 @@ pub(crate) fn count_and_report(
 pub(crate) fn decide(policies: &CgroupPolicies, peer: &Peer) -> Option<Decision> {
     let mut allowed: Option<Decision> = None;
     let mut audited: Option<Decision> = None;
-    let mut index = 0;
-    while index < MAX_POLICIES_PER_CGROUP {
-        if index as u32 >= policies.count {
-            break;
-        }
-        let slot = policies.slots[index];
-        index += 1;
-        let Some(policy) = NET_POLICIES.get(slot) else {
-            continue;
-        };
+    let denied = policed::find_slot(policies, |slot| {
+        let policy = NET_POLICIES.get(slot)?;
         if policy.egress_restricted == 0 {
-            continue;
+            return None;
         }
         let rule = matching_rule(policy, peer);
         if rule != NO_RULE {
@@ -178,8 +170,9 @@ pub(crate) fn decide(policies: &CgroupPolicies, peer: &Peer) -> Option<Decision>
                 rule: NO_RULE,
             });
         }
-    }
-    audited.or(allowed)
+        None
+    });
+    denied.or(audited).or(allowed)
 }
 
 /// Returns the `rule` field of the first rule that allows `peer`, or

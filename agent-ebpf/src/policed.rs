@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::HashMap,
 };
-use parapet_common::{CgroupPolicies, MAX_CGROUP_DEPTH, MAX_POLICED_CGROUPS};
+use parapet_common::{CgroupPolicies, MAX_CGROUP_DEPTH, MAX_POLICED_CGROUPS, MAX_POLICIES_PER_CGROUP};
 
 /// Policies per cgroup id, written by the agent for container and pod
 /// cgroups.
@@ -52,6 +52,25 @@ pub fn current() -> Option<Policed> {
                 policed_cgroup_id: ancestor,
                 policies,
             });
+        }
+    }
+    None
+}
+
+/// Calls `visit` with each policy slot of a cgroup, in order, and stops at
+/// the first `Some` it returns. Every program that weighs a cgroup's
+/// policies walks them through here.
+#[inline(always)]
+pub fn find_slot<T>(policies: &CgroupPolicies, mut visit: impl FnMut(u32) -> Option<T>) -> Option<T> {
+    let mut index = 0;
+    while index < MAX_POLICIES_PER_CGROUP {
+        if index as u32 >= policies.count {
+            break;
+        }
+        let slot = policies.slots[index];
+        index += 1;
+        if let Some(found) = visit(slot) {
+            return Some(found);
         }
     }
     None

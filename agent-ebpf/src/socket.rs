@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{SockContext, TracePointContext},
 };
 use parapet_common::{
-    CgroupPolicies, EventKind, MAX_POLICIES_PER_CGROUP, Mode, NO_RULE, Verdict,
+    CgroupPolicies, EventKind, Mode, NO_RULE, Verdict,
     net::{PROTOCOL_TCP, PROTOCOL_UDP},
 };
 
@@ -134,18 +134,10 @@ fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
 #[inline(always)]
 fn decide(policies: &CgroupPolicies) -> Option<Decision> {
     let mut audited: Option<Decision> = None;
-    let mut index = 0;
-    while index < MAX_POLICIES_PER_CGROUP {
-        if index as u32 >= policies.count {
-            break;
-        }
-        let slot = policies.slots[index];
-        index += 1;
-        let Some(policy) = NET_POLICIES.get(slot) else {
-            continue;
-        };
+    let denied = policed::find_slot(policies, |slot| {
+        let policy = NET_POLICIES.get(slot)?;
         if policy.egress_restricted == 0 {
-            continue;
+            return None;
         }
         if policy.mode == Mode::Enforce as u32 {
             return Some(Decision {
@@ -161,6 +153,7 @@ fn decide(policies: &CgroupPolicies) -> Option<Decision> {
                 rule: NO_RULE,
             });
         }
-    }
-    audited
+        None
+    });
+    denied.or(audited)
 }

@@ -5,9 +5,9 @@
 //! in each container (each has its own root file system), so the agent
 //! looks the listed paths up inside every container's mount namespace and
 //! writes one kernel rule per policy slot and file. Until it has done so
-//! for a container, the kernel does not block programs missing from an
-//! allow list there, and reports them instead; deny lists still match by
-//! path from the container's first instruction.
+//! for a container, the kernel reports programs missing from an allow list
+//! there instead of blocking them. Deny lists still match by path from the
+//! container's first instruction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,7 +25,7 @@ pub struct ExecResolver {
 }
 
 impl ExecResolver {
-    /// Whether the files on a container's lists are in the kernel.
+    /// Returns whether the files on a container's lists are in the kernel.
     pub fn is_resolved(&self, container_id: &str) -> bool {
         self.keys.contains_key(container_id)
     }

@@ -19,7 +19,7 @@ use std::{
 
 use crate::{identity::Identity, mountns};
 
-/// How soon a failed attempt is tried again.
+/// Delay before a failed attempt is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A container that its policies want read-only.
@@ -33,12 +33,12 @@ pub struct Target {
     pub policies: Vec<String>,
 }
 
-/// Where one container stands.
+/// The read-only state of one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     /// Every mount that should be read-only is.
     Enforced,
-    /// The last attempt failed; the reason says why.
+    /// The last attempt failed, for the reason given.
     NotEnforced { reason: String },
 }
 
@@ -68,7 +68,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Whether `target` needs an attempt now. Kubernetes gives a restarted
+    /// Returns whether `target` needs an attempt now. Kubernetes gives a restarted
     /// container a new container id, so a container id keeps its process
     /// and its mount namespace.
     pub fn due(&self, target: &Target) -> bool {
