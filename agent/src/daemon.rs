@@ -244,13 +244,7 @@ fn node_name() -> String {
 fn name_slots(enforcer: &Enforcer, identities: &RwLock<crate::identity::Identities>) {
     let mut identities = identities.write().unwrap_or_else(|e| e.into_inner());
     for slotted in enforcer.policies() {
-        let writable = slotted
-            .policy
-            .filesystem
-            .as_ref()
-            .map(|fs| fs.writable_paths.clone())
-            .unwrap_or_default();
-        identities.set_slot_policy(slotted.slot, &slotted.policy.name, writable);
+        identities.set_slot_policy(slotted.slot, &slotted.policy.name);
     }
 }
 

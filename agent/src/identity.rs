@@ -35,7 +35,6 @@ pub struct Identities {
     cgroups: HashMap<u64, Identity>,
     retired: VecDeque<(Instant, u64)>,
     slot_policies: HashMap<u32, String>,
-    slot_writable: HashMap<u32, Vec<std::path::PathBuf>>,
 }
 
 impl Identities {
@@ -46,7 +45,6 @@ impl Identities {
             cgroups: HashMap::new(),
             retired: VecDeque::new(),
             slot_policies: HashMap::new(),
-            slot_writable: HashMap::new(),
         }
     }
 
@@ -90,16 +88,9 @@ impl Identities {
         self.cgroups.extend(live);
     }
 
-    /// Names a policy slot and the paths its policy declares writable. A
-    /// slot keeps both until it is reused.
-    pub fn set_slot_policy(&mut self, slot: u32, policy: &str, writable: Vec<std::path::PathBuf>) {
+    /// Names a policy slot. A slot keeps its name until it is reused.
+    pub fn set_slot_policy(&mut self, slot: u32, policy: &str) {
         self.slot_policies.insert(slot, policy.to_owned());
-        self.slot_writable.insert(slot, writable);
-    }
-
-    /// The writable paths of the policy in a slot.
-    pub fn writable_paths(&self, slot: u32) -> &[std::path::PathBuf] {
-        self.slot_writable.get(&slot).map_or(&[], Vec::as_slice)
     }
 }
 

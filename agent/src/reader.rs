@@ -48,15 +48,11 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
                     continue;
                 }
             };
-            let named = namer.name(&record, &clock);
-            if named.kind == Kind::File && named.verdict == VerdictName::Audit {
-                let writable = namer.writable_paths(record.header().policy_slot);
-                let path = named.resolved_path.as_deref().or(named.path.as_deref());
-                if path.is_some_and(|path| outside_root_file_system(path, &writable)) {
-                    continue;
-                }
-            }
-            sink.emit(named);
+            // NOTE: in audit mode every mutation the tracepoints see is
+            // reported, in writable paths and /dev too: the path text alone
+            // cannot tell which mount a file is on (`/tmp/link` may lead to
+            // the root), and events must agree with the kernel's counters.
+            sink.emit(namer.name(&record, &clock));
         }
         guard.clear_ready();
     }
@@ -76,17 +72,6 @@ fn resolve_path(pid: u32, dirfd: i32, path: &str) -> Option<String> {
     };
     let base = std::fs::read_link(base).ok()?;
     Some(base.join(path).to_string_lossy().into_owned())
-}
-
-/// Whether an audit-mode file event concerns a path the policy leaves
-/// writable, or a kernel pseudo-filesystem, rather than the root file
-/// system: such events are not reported.
-fn outside_root_file_system(path: &str, writable: &[std::path::PathBuf]) -> bool {
-    let path = std::path::Path::new(path);
-    let pseudo = ["/proc", "/sys", "/dev"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix) && !path.starts_with("/dev/shm"));
-    pseudo || writable.iter().any(|writable| path.starts_with(writable))
 }
 
 /// Where events go: a JSON line on stdout and every `tail` client.
@@ -147,11 +132,6 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Namer {
-    fn writable_paths(&self, slot: u32) -> Vec<std::path::PathBuf> {
-        let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
-        identities.writable_paths(slot).to_vec()
-    }
-
     fn name(&self, record: &Record, clock: &Clock) -> Event {
         let header = record.header();
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
