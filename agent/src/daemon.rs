@@ -22,7 +22,6 @@ use crate::{
     enforce::Enforcer,
     kernel::Kernel,
     metrics, policy,
-    probe::{Backend, Promise},
     reader::{self, Namer},
     status::{self, PolicyStatus, ReadOnlyStatus, Status, WorkloadStatus},
     identity::workload_identities,
@@ -78,8 +77,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     })?;
     let v2_mount = cgroups::find_v2_mount()?;
     let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
-    let mut kernel = Kernel::load_and_attach(&attach)
-        .with_context(|| format!("failed to set up the kernel programs on {}", attach.display()))?;
+    let mut kernel = match Kernel::load_and_attach(&attach, options.require_lsm) {
+        Ok(kernel) => kernel,
+        Err(error @ crate::kernel::KernelError::LsmRequired(_)) => return Err(error.into()),
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context(format!("failed to set up the kernel programs on {}", attach.display())));
+        }
+    };
     info!(
         cgroup = %attach.display(),
         "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup, sched_process_exec and sys_enter_socket tracepoints"
@@ -95,19 +100,6 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             reason = %choice.reason,
             "enforcement backend chosen"
         );
-    }
-    if options.require_lsm {
-        let lsm_in_use = backends
-            .iter()
-            .filter(|choice| choice.promise != Promise::Network)
-            .all(|choice| choice.backend == Backend::Lsm);
-        if !lsm_in_use {
-            let reason = match kernel.probe.lsm_usable() {
-                Ok(()) => "this agent has no LSM backend yet".to_owned(),
-                Err(error) => error,
-            };
-            bail!("--require-lsm is set, but the BPF LSM backend cannot be used: {reason}");
-        }
     }
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
@@ -510,6 +502,13 @@ impl LoopState {
             return;
         }
         let identity = &attempt.target.identity;
+        if !attempt.missing_writable.is_empty() {
+            warn!(
+                container_id = %attempt.target.container_id,
+                missing = ?attempt.missing_writable,
+                "declared writable paths do not exist in the container, so they are read-only like the rest"
+            );
+        }
         match &attempt.state {
             crate::readonly::State::Enforced => info!(
                 namespace = %identity.namespace,

@@ -47,6 +47,8 @@ pub enum KernelError {
     },
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed")]
     MountTracefs(#[source] std::io::Error),
+    #[error("--require-lsm is set, but the BPF LSM backend cannot be used: {0}")]
+    LsmRequired(String),
     #[error("failed to open cgroup {}", path.display())]
     OpenCgroup {
         path: PathBuf,
@@ -101,8 +103,10 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
 
 impl Kernel {
     /// Loads the programs and attaches the socket programs to the cgroup v2
-    /// directory `cgroup`, so that they see every process below it.
-    pub fn load_and_attach(cgroup: &Path) -> Result<Self, KernelError> {
+    /// directory `cgroup`, so that they see every process below it. With
+    /// `require_lsm`, fails before attaching anything unless the probe
+    /// finds the LSM backend usable.
+    pub fn load_and_attach(cgroup: &Path, require_lsm: bool) -> Result<Self, KernelError> {
         ensure_tracefs()?;
         let (offsets, exe_identity) = exe_offsets();
         let mut ebpf = EbpfLoader::new()
@@ -110,6 +114,9 @@ impl Kernel {
             .load(PROGRAMS)
             .map_err(KernelError::Load)?;
         let probe = Probe::run(&mut ebpf);
+        if require_lsm {
+            probe.lsm_backend_in_use().map_err(KernelError::LsmRequired)?;
+        }
         let cgroup_file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
             path: cgroup.to_owned(),
             source,

@@ -112,6 +112,23 @@ impl Probe {
         }
     }
 
+    /// Returns why the LSM backend cannot enforce the filesystem and exec
+    /// promises here, or `Ok` when it can.
+    pub fn lsm_backend_in_use(&self) -> Result<(), String> {
+        let all_lsm = self
+            .choose()
+            .iter()
+            .filter(|choice| choice.promise != Promise::Network)
+            .all(|choice| choice.backend == Backend::Lsm);
+        if all_lsm {
+            return Ok(());
+        }
+        match self.lsm_usable() {
+            Ok(()) => Err("this agent has no LSM backend yet".to_owned()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Chooses a backend per promise.
     ///
     /// NOTE: the LSM backend is not built yet, so even where BPF LSM is
@@ -211,6 +228,14 @@ mod tests {
         assert!(error.contains("bpf is not in the active LSM list"), "{error}");
         assert!(probe(Ok(()), None).lsm_usable().is_err());
         assert!(probe(Err("EPERM".into()), Some("bpf")).lsm_usable().is_err());
+    }
+
+    #[test]
+    fn lsm_backend_required_but_not_built() {
+        let usable = probe(Ok(()), Some("bpf")).lsm_backend_in_use().unwrap_err();
+        assert_eq!(usable, "this agent has no LSM backend yet");
+        let refused = probe(Err("EPERM".into()), Some("bpf")).lsm_backend_in_use().unwrap_err();
+        assert_eq!(refused, "EPERM");
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Attempt {
     pub changed: bool,
     /// Time the attempt took.
     pub took: Duration,
+    /// Declared writable paths that do not exist in the container, and so
+    /// stay read-only.
+    pub missing_writable: Vec<PathBuf>,
 }
 
 /// The read-only state of every targeted container.
@@ -100,8 +103,12 @@ impl Tracker {
     /// about a millisecond: call it from a blocking task.
     pub fn attempt(&mut self, target: Target, pid: u32) -> Attempt {
         let started = Instant::now();
+        let mut missing_writable = Vec::new();
         let state = match mountns::make_read_only(pid, &target.writable) {
-            Ok(report) if report.is_complete() => State::Enforced,
+            Ok(report) if report.is_complete() => {
+                missing_writable = report.missing_writable;
+                State::Enforced
+            }
             Ok(report) => State::NotEnforced {
                 reason: describe_failures(&report),
             },
@@ -124,6 +131,7 @@ impl Tracker {
             state,
             changed,
             took: started.elapsed(),
+            missing_writable,
         }
     }
 

@@ -67,6 +67,8 @@ async fn require_lsm_refuses_without_the_lsm_backend() -> Result<()> {
         stderr.contains("--require-lsm is set, but the BPF LSM backend cannot be used"),
         "{stderr}"
     );
+    // It refuses before attaching anything.
+    assert!(!stderr.contains("kernel programs attached"), "{stderr}");
     containerd.cleanup().await?;
     Ok(())
 }
