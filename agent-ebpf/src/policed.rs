@@ -1,4 +1,4 @@
-//! Which policies, if any, govern the calling process.
+//! Lookup of the policies, if any, that govern the calling process.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},

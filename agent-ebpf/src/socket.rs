@@ -114,7 +114,7 @@ pub fn parapet_socket_enter(ctx: TracePointContext) -> u32 {
     DONE
 }
 
-/// Whether a socket of this kind could reach a peer without passing the
+/// Returns whether a socket of this kind could reach a peer without passing the
 /// connect and sendmsg programs.
 #[inline(always)]
 fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
@@ -128,7 +128,7 @@ fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
     }
 }
 
-/// Every policy that restricts egress refuses such a socket: an
+/// Decides on such a socket: every policy that restricts egress refuses it, an
 /// enforce-mode one denies it, audit-mode ones only report it. Returns
 /// `None` when no policy of the cgroup restricts egress.
 #[inline(always)]

@@ -31,7 +31,7 @@ use crate::{
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/parapet/api.sock";
 
-/// Longest subscription line the agent reads.
+/// Maximum length of the request line the agent reads.
 const MAX_REQUEST_BYTES: u64 = 4096;
 
 /// The one line a client sends.
@@ -45,7 +45,7 @@ pub enum Request {
 /// Builds the current status on request.
 pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 
-/// What a client wants to receive. Absent filters match everything.
+/// Filters for the events a client receives. Absent filters match everything.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {

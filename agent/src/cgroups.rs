@@ -92,7 +92,7 @@ pub struct PodCgroup {
     pub id: u64,
 }
 
-/// What a walk of the hierarchy found.
+/// Result of a walk of the hierarchy.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Container cgroups by container id.
@@ -158,7 +158,7 @@ fn walk_nested(dir: &Path, depth: usize, found: &mut Scan) {
     }
 }
 
-/// The subdirectories of `dir` with their names and cgroup ids, skipping
+/// Returns the subdirectories of `dir` with their names and cgroup ids, skipping
 /// any that vanish while they are read.
 fn subdirectories(dir: &Path) -> Vec<(PathBuf, String, u64)> {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -43,11 +43,11 @@ pub struct AgentOptions {
 
 /// How often the agent looks for new and removed workloads.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
-/// How often it asks the runtime even when no cgroup changed, to catch
-/// label and name changes.
+/// Interval of runtime queries even when no cgroup changed, to catch label
+/// and name changes.
 const CRI_REFRESH: Duration = Duration::from_secs(2);
-/// How soon it looks again while a cgroup exists that the runtime does not
-/// list yet, which is the case while a pod or container is being created.
+/// Delay before the next look while a cgroup exists that the runtime does
+/// not list yet, as while a pod or container is being created.
 const PENDING_RETRY: Duration = Duration::from_millis(10);
 /// How long after a cgroup appears the fast retries go on.
 const PENDING_WINDOW: Duration = Duration::from_secs(5);
@@ -182,8 +182,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 }
 
 /// Picks the cgroup to attach to: the one given, or the kubepods cgroup
-/// below the v2 mount. The v2 root itself is refused, so that the agent
-/// never sees the host's own processes.
+/// below the v2 mount. The v2 root itself is rejected, so that the agent
+/// never polices the host's own processes.
 fn attach_cgroup(v2_mount: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = match given {
         Some(path) => path.to_owned(),
@@ -354,7 +354,7 @@ impl LoopState {
         } else {
             // NOTE: without a fresh view of the workloads the old slots stay
             // allocated, so entries still pointing at them keep enforcing
-            // the previous policies until the runtime answers again.
+            // the previous policies until the runtime responds again.
             warn!("policies loaded, but the workloads could not be listed; they keep their previous policies for now");
             self.enforcer.defer_release(old_slots);
         }
@@ -576,7 +576,7 @@ impl LoopState {
         match listed.await {
             Ok(lists) => {
                 if self.last_cri_error.take().is_some() {
-                    info!(socket = %self.cri_socket.display(), "the container runtime answers again");
+                    info!(socket = %self.cri_socket.display(), "the container runtime responds again");
                 }
                 Some(lists)
             }

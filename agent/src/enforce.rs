@@ -243,7 +243,7 @@ impl Enforcer {
 /// ancestor from its first instruction. Each container selected by any
 /// policy gets its own entry with every policy that applies to it,
 /// pod-level ones included, because the kernel stops at the nearest entry.
-/// `exec_resolved` holds the containers whose exec list identities are in
+/// `exec_resolved` contains the containers whose exec list identities are in
 /// the kernel; their entries get `CGROUP_EXEC_RESOLVED`.
 pub fn desired_entries(
     policies: &[SlottedPolicy],
@@ -343,8 +343,8 @@ fn entry_for(policies: &[&SlottedPolicy], identity: Identity) -> Entry {
     }
 }
 
-/// The running containers that an enforce-mode `readOnly: true` policy
-/// selects, with the paths that stay writable under all of their policies.
+/// Returns the running containers that an enforce-mode `readOnly: true`
+/// policy selects, with the paths that stay writable under all of their policies.
 pub fn read_only_targets(
     policies: &[SlottedPolicy],
     pods: &[PodInfo],
@@ -416,7 +416,7 @@ fn install_exec(kernel: &mut Kernel, slot: u32, policy: &Policy) -> Result<(), a
     kernel.exec_policies.set(slot, header, 0)
 }
 
-/// The paths to look up in a container for its exec lists, and the rule
+/// Returns the paths to look up in a container for its exec lists, and the rule
 /// value each identity gets per slot.
 pub fn exec_lookups(policies: &[&SlottedPolicy]) -> Vec<(u32, std::path::PathBuf, ExecRuleValue)> {
     let mut lookups = Vec::new();
@@ -444,7 +444,7 @@ pub fn exec_lookups(policies: &[&SlottedPolicy]) -> Vec<(u32, std::path::PathBuf
     lookups
 }
 
-/// The running containers whose policies have an exec section, with those
+/// Returns the running containers whose policies have an exec section, with those
 /// policies.
 pub fn exec_targets<'a>(
     policies: &'a [SlottedPolicy],

@@ -44,8 +44,8 @@ pub struct Event {
     /// The rule that allowed the operation, as a path into the policy;
     /// `None` when no rule matched.
     pub rule: Option<String>,
-    /// Why enforcement failed, for `not-enforced` events; what matched, for
-    /// exec events; what was asked for, for refused sockets.
+    /// Explanation: the failure for `not-enforced` events, the match for exec
+    /// events, and the requested socket kind for refused sockets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// For file events: the path as the process gave it.
@@ -95,7 +95,7 @@ impl VerdictName {
         }
     }
 
-    /// Whether the decision is a violation: refused, or refused in audit.
+    /// Returns whether the decision is a violation: refused, or refused in audit.
     pub fn is_violation(self) -> bool {
         self != Self::Allow
     }
@@ -179,13 +179,13 @@ fn read_prefix<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// The `comm` of a record as text.
+/// Returns the `comm` of a record as text.
 pub fn comm(header: &EventHeader) -> String {
     let end = header.comm.iter().position(|&b| b == 0).unwrap_or(header.comm.len());
     String::from_utf8_lossy(&header.comm[..end]).into_owned()
 }
 
-/// The peer of a network record. An IPv4 socket's peer is shown as IPv4;
+/// Returns the peer of a network record. An IPv4 socket's peer is shown as IPv4;
 /// an IPv6 socket's peer is shown as IPv6, IPv4-mapped addresses included.
 pub fn net_peer(event: &NetEvent) -> Peer {
     let mut octets = [0u8; 16];
@@ -210,7 +210,7 @@ pub fn net_peer(event: &NetEvent) -> Peer {
     }
 }
 
-/// The program path the kernel put in a record, with whether it was cut.
+/// Returns the program path the kernel put in a record, with whether it was cut.
 pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
     let len = (path.len as usize).min(path.bytes.len());
     (len > 0).then(|| {
@@ -221,8 +221,8 @@ pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
     })
 }
 
-/// The list entry named by an exec record's rule, as a path into the
-/// policy.
+/// Returns the list entry named by an exec record's rule, as a path into
+/// the policy.
 pub fn exec_rule(header: &EventHeader) -> Option<String> {
     let rule = rule_index(header)?;
     let index = rule & ((1 << RULE_LIST_SHIFT) - 1);
@@ -233,7 +233,7 @@ pub fn exec_rule(header: &EventHeader) -> Option<String> {
     }
 }
 
-/// How an exec record's program was matched, in words.
+/// Describes how an exec record's program was matched.
 pub fn exec_detail(event: &ExecEvent) -> String {
     let file = format!(
         "file device {}:{} inode {}",
@@ -254,7 +254,7 @@ pub fn exec_detail(event: &ExecEvent) -> String {
     format!("{file}, {matched}{unresolved}")
 }
 
-/// What a refused socket creation asked for, in words.
+/// Describes the socket that a refused socket creation requested.
 pub fn socket_detail(event: &NetEvent) -> String {
     let kind = match (event.family, event.sock_type) {
         (17, _) | (2, 10) => "packet socket",
@@ -268,7 +268,7 @@ pub fn socket_detail(event: &NetEvent) -> String {
     )
 }
 
-/// The operation name of a record's kind.
+/// Returns the operation name of a record's kind.
 pub fn operation(header: &EventHeader) -> &'static str {
     match EventKind::from_u32(header.kind) {
         Some(EventKind::Connect) => "connect",
@@ -280,7 +280,7 @@ pub fn operation(header: &EventHeader) -> &'static str {
     }
 }
 
-/// The rule index of a record, `None` for `NO_RULE`.
+/// Returns the rule index of a record, `None` for `NO_RULE`.
 pub fn rule_index(header: &EventHeader) -> Option<u32> {
     (header.rule != NO_RULE).then_some(header.rule)
 }

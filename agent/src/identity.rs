@@ -22,9 +22,9 @@ pub struct Identity {
     pub container_id: Option<String>,
 }
 
-/// Default of how long an identity, and the kernel counters of its cgroup,
-/// stay after the cgroup went away: long enough for records still in the
-/// ring buffer to be named and for a few Prometheus scrapes to see the
+/// Default time an identity, and the kernel counters of its cgroup, stay
+/// after the cgroup is removed. It is long enough for records still in the
+/// ring buffer to be named and for a few Prometheus scrapes to read the
 /// final counts of a short-lived pod.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(300);
 
@@ -52,7 +52,7 @@ impl Identities {
         self.cgroups.get(&cgroup_id)
     }
 
-    /// Whether a cgroup is live or within its grace period.
+    /// Returns whether a cgroup is live or within its grace period.
     pub fn knows(&self, cgroup_id: u64) -> bool {
         self.cgroups.contains_key(&cgroup_id)
     }

@@ -160,8 +160,8 @@ fn write_decisions<'a>(
     }
 }
 
-/// One series per promise and possible backend: 1 for the backend in use,
-/// 0 for the others.
+/// Writes one series per promise and possible backend: 1 for the backend
+/// in use, 0 for the others.
 fn write_backends(out: &mut String, backends: &[Choice]) {
     let _ = writeln!(
         out,
@@ -183,7 +183,7 @@ fn write_backends(out: &mut String, backends: &[Choice]) {
 }
 
 /// Workloads that policies select for a promise, and how many of them are
-/// enforced: the gap is what an auditor asks about first.
+/// enforced: auditors check that gap first.
 fn write_workloads(out: &mut String, status: &crate::status::Status) {
     // NOTE: the network counts start from the entries the agent wrote, so
     // an entry whose write failed is missing from both; the log names it.

@@ -31,7 +31,7 @@ impl Promise {
         }
     }
 
-    /// Every backend that can keep this promise, strongest first.
+    /// Returns every backend that can keep this promise, strongest first.
     pub fn backends(self) -> &'static [Backend] {
         match self {
             Self::Network => &[Backend::CgroupSocket],
@@ -82,7 +82,7 @@ pub struct Choice {
     pub reason: String,
 }
 
-/// What the kernel allowed when asked.
+/// Result of the start-up probe: what the kernel allowed.
 #[derive(Clone, Debug)]
 pub struct Probe {
     /// Whether a BPF LSM program loads, with the kernel's error if not.
@@ -102,7 +102,7 @@ impl Probe {
         }
     }
 
-    /// Whether BPF LSM programs would enforce here.
+    /// Returns whether BPF LSM programs would enforce here, or why not.
     pub fn lsm_usable(&self) -> Result<(), String> {
         self.lsm_loads.clone()?;
         match &self.active_lsms {
@@ -132,7 +132,7 @@ impl Probe {
     /// Chooses a backend per promise.
     ///
     /// NOTE: the LSM backend is not built yet, so even where BPF LSM is
-    /// usable the fallback backends are chosen, and the reason says so.
+    /// usable the fallback backends are chosen, and the reason states it.
     pub fn choose(&self) -> Vec<Choice> {
         let lsm = self.lsm_usable();
         Promise::ALL

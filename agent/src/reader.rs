@@ -29,7 +29,7 @@ pub struct Namer {
 /// file descriptor does.
 pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map file descriptor, which stays open
-    // and unchanged for as long as the `AsyncFd` holds the ring buffer.
+    // and unchanged for as long as the `AsyncFd` owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|error| error.into_parts().1)?;
     let mut undecodable: u64 = 0;
@@ -48,8 +48,8 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
                     continue;
                 }
             };
-            // NOTE: in audit mode every mutation the tracepoints see is
-            // reported, in writable paths and /dev too: the path text alone
+            // NOTE: in audit mode every mutation the tracepoints report is
+            // emitted, in writable paths and /dev too. The path text alone
             // cannot tell which mount a file is on (`/tmp/link` may lead to
             // the root), and events must agree with the kernel's counters.
             sink.emit(namer.name(&record, &clock));
@@ -74,7 +74,7 @@ fn resolve_path(pid: u32, dirfd: i32, path: &str) -> Option<String> {
     Some(base.join(path).to_string_lossy().into_owned())
 }
 
-/// Where events go: a JSON line on stdout and every `tail` client.
+/// Event destination: a JSON line on stdout and every `tail` client.
 pub struct EventSink {
     pub node: String,
     pub sender: broadcast::Sender<Arc<Event>>,
@@ -95,7 +95,7 @@ impl EventSink {
     }
 }
 
-/// The current time in the RFC 3339 form events use.
+/// Returns the current time in the RFC 3339 form events use.
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
 }

@@ -1,15 +1,15 @@
-//! Read-only root filesystems on kernels without BPF LSM: for each running
+//! Read-only root filesystems on kernels without BPF LSM. For each running
 //! container under an enforce-mode `readOnly: true` policy, the agent makes
-//! the container's mounts read-only from outside (see `mountns`), and
+//! the container's mounts read-only from outside (see `mountns`). It
 //! retries where that fails, for instance with EBUSY while a file is open
 //! for writing.
 //!
-//! Mount flags live as long as the container's mount namespace, so the
-//! change is made again whenever the container's first process changes
-//! (a restart). A policy change that makes more paths read-only is applied
-//! at once. NOTE: one that makes a path writable again takes effect only
-//! when the container restarts, because the fallback never clears the
-//! read-only flag it set.
+//! Mount flags live as long as the container's mount namespace. Kubernetes
+//! gives a restarted container a new container id, so the agent treats it
+//! as a new target and makes the change again. A policy change that makes
+//! more paths read-only is applied at once. NOTE: one that makes a path
+//! writable again takes effect only when the container restarts, because
+//! the fallback never clears the read-only flag it set.
 
 use std::{
     collections::HashMap,
@@ -94,7 +94,7 @@ impl Tracker {
         (enforced, self.records.len() - enforced)
     }
 
-    /// Every record, for the status.
+    /// Returns every record, for the status.
     pub fn states(&self) -> impl Iterator<Item = (&str, &State)> {
         self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
     }
@@ -146,9 +146,8 @@ impl Tracker {
     }
 }
 
-/// Whether `wanted` leaves some path writable that `applied` did not:
-/// then nothing more is needed. Otherwise `wanted` may be narrower and the
-/// change must be applied again.
+/// Returns whether `applied` made some path writable that `wanted` no
+/// longer lists, in which case the change must be applied again.
 fn narrower(wanted: &[PathBuf], applied: &[PathBuf]) -> bool {
     applied.iter().any(|path| !wanted.contains(path))
 }

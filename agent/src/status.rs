@@ -31,7 +31,7 @@ pub struct Status {
 pub struct ReadOnlyStatus {
     pub container_id: String,
     pub enforced: bool,
-    /// Why the container is not read-only yet.
+    /// Reason the container is not read-only yet.
     pub reason: Option<String>,
 }
 
@@ -67,7 +67,7 @@ pub fn read_kernel(kernel: &Kernel, status: &mut Status) {
         .collect();
 }
 
-/// The status as text for a terminal.
+/// Renders the status as text for a terminal.
 pub fn render_text(status: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();

@@ -126,7 +126,7 @@ impl Agent {
         Ok(())
     }
 
-    /// The agent's log so far.
+    /// Returns the agent's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -317,7 +317,7 @@ pub fn free_loopback_port() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// A minimal HTTP/1.1 GET against a server on loopback.
+/// Sends a minimal HTTP/1.1 GET to a server on loopback and returns the body.
 pub fn http_get(address: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .with_context(|| format!("failed to connect to {address}"))?;

@@ -225,7 +225,7 @@ async fn audit_mode_reports_and_allows() -> Result<()> {
 }
 
 #[tokio::test]
-async fn pods_started_later_are_policed_and_removed_pods_leave_nothing() -> Result<()> {
+async fn late_pods_policed_removed_pods_cleared() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
     let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
@@ -328,8 +328,8 @@ async fn invalid_policy_change_keeps_the_previous_policy() -> Result<()> {
     Ok(())
 }
 
-/// The agent itself refuses to attach at the root of the cgroup v2
-/// hierarchy, whatever it is told.
+/// The agent itself rejects the root of the cgroup v2 hierarchy as its
+/// attach point, whatever its flags say.
 #[tokio::test]
 async fn agent_refuses_the_cgroup_root() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
@@ -360,7 +360,7 @@ fn tempdir() -> Result<std::path::PathBuf> {
 }
 
 /// Pods whose very first action is a denied connect. The agent writes a
-/// pod's entry when its cgroup appears, before its containers start; the
+/// pod's entry when its cgroup appears, before its containers start. The
 /// test prints how many first connects got through, and none may.
 #[tokio::test]
 async fn first_connect_of_new_pods_is_policed() -> Result<()> {

@@ -1,6 +1,6 @@
-//! Read-only root filesystems on a kernel without BPF LSM: the agent makes a
-//! policed container's mounts read-only from outside, keeps the declared
-//! writable paths writable, and says loudly when it cannot.
+//! Read-only root filesystems on a kernel without BPF LSM. The agent makes
+//! a policed container's mounts read-only from outside, keeps the declared
+//! writable paths writable, and reports loudly when it cannot.
 
 use std::time::{Duration, Instant};
 
