@@ -44,6 +44,23 @@ pub mod op {
     pub const SETXATTR: u32 = 24;
     pub const LSETXATTR: u32 = 25;
     pub const REMOVEXATTR: u32 = 26;
+    pub const LREMOVEXATTR: u32 = 27;
+    pub const FCHMODAT2: u32 = 28;
+    pub const UTIMENSAT: u32 = 29;
+    pub const FUTIMESAT: u32 = 30;
+    pub const UTIMES: u32 = 31;
+    pub const UTIME: u32 = 32;
+    /// Calls on a file descriptor, which give no path: the event's
+    /// `dirfd` holds the descriptor.
+    pub const FCHMOD: u32 = 33;
+    pub const FCHOWN: u32 = 34;
+    pub const FSETXATTR: u32 = 35;
+    pub const FREMOVEXATTR: u32 = 36;
+
+    /// Returns whether the op acts on a descriptor rather than a path.
+    pub fn on_descriptor(op: u32) -> bool {
+        matches!(op, FCHMOD | FCHOWN | FSETXATTR | FREMOVEXATTR)
+    }
 
     /// Returns the syscall name of an op, as in
     /// `/sys/kernel/tracing/events/syscalls`.
@@ -75,6 +92,16 @@ pub mod op {
             SETXATTR => "setxattr",
             LSETXATTR => "lsetxattr",
             REMOVEXATTR => "removexattr",
+            LREMOVEXATTR => "lremovexattr",
+            FCHMODAT2 => "fchmodat2",
+            UTIMENSAT => "utimensat",
+            FUTIMESAT => "futimesat",
+            UTIMES => "utimes",
+            UTIME => "utime",
+            FCHMOD => "fchmod",
+            FCHOWN => "fchown",
+            FSETXATTR => "fsetxattr",
+            FREMOVEXATTR => "fremovexattr",
             _ => "unknown",
         }
     }
@@ -99,7 +126,9 @@ pub struct FileEvent {
     pub header: EventHeader,
     /// An `op` value.
     pub op: u32,
-    /// The directory descriptor the path is relative to, or `AT_FDCWD`.
+    /// The directory descriptor the path is relative to, or `AT_FDCWD`;
+    /// for a call on a descriptor, or `utimensat` without a path, the
+    /// descriptor itself.
     pub dirfd: i32,
     /// The syscall's return value: `-EROFS` for a refused mutation.
     pub ret: i64,

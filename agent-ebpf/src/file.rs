@@ -6,10 +6,14 @@
 //! EROFS is reported as denied. In audit mode nothing is remounted, so
 //! every call that succeeded is reported as an audit.
 //!
-//! NOTE: calls on file descriptors (`fchmod`, `fchown`, `ftruncate`,
-//! `fsetxattr`, `utimensat` with a descriptor) are refused by the kernel
-//! but not reported, and neither are 32-bit compat syscalls, which syscall
-//! tracepoints do not see.
+//! Calls on a file descriptor (`fchmod`, `fchown`, `fsetxattr`,
+//! `fremovexattr`, `utimensat` without a path) are reported with the
+//! descriptor; the agent reads its path from `/proc`. `write`, `ftruncate`
+//! and `fallocate` are not watched: they need a descriptor open for
+//! writing, and the kernel gives none out on a read-only mount.
+//!
+//! NOTE: 32-bit compat syscalls are refused by the kernel but not
+//! reported: syscall tracepoints do not see them.
 
 use aya_ebpf::{
     helpers::{
@@ -91,6 +95,16 @@ file_syscall!(parapet_fe_lchown, parapet_fx_lchown, op::LCHOWN, path: 16, dirfd:
 file_syscall!(parapet_fe_setxattr, parapet_fx_setxattr, op::SETXATTR, path: 16, dirfd: NONE, flags: NONE);
 file_syscall!(parapet_fe_lsetxattr, parapet_fx_lsetxattr, op::LSETXATTR, path: 16, dirfd: NONE, flags: NONE);
 file_syscall!(parapet_fe_removexattr, parapet_fx_removexattr, op::REMOVEXATTR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_lremovexattr, parapet_fx_lremovexattr, op::LREMOVEXATTR, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_fchmodat2, parapet_fx_fchmodat2, op::FCHMODAT2, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_utimensat, parapet_fx_utimensat, op::UTIMENSAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_futimesat, parapet_fx_futimesat, op::FUTIMESAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_utimes, parapet_fx_utimes, op::UTIMES, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_utime, parapet_fx_utime, op::UTIME, path: 16, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fe_fchmod, parapet_fx_fchmod, op::FCHMOD, path: NONE, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_fchown, parapet_fx_fchown, op::FCHOWN, path: NONE, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_fsetxattr, parapet_fx_fsetxattr, op::FSETXATTR, path: NONE, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_fremovexattr, parapet_fx_fremovexattr, op::FREMOVEXATTR, path: NONE, dirfd: 16, flags: NONE);
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, op: u32, path_offset: usize, dirfd_offset: usize, flags_offset: usize) {
@@ -108,8 +122,13 @@ fn on_enter(ctx: &TracePointContext, op: u32, path_offset: usize, dirfd_offset: 
         return;
     }
     // SAFETY: the offsets are those of 8-byte argument fields.
-    let Ok(path) = (unsafe { ctx.read_at::<u64>(path_offset) }) else {
-        return;
+    let path = if path_offset == NONE {
+        0
+    } else {
+        let Ok(path) = (unsafe { ctx.read_at::<u64>(path_offset) }) else {
+            return;
+        };
+        path
     };
     let dirfd = if dirfd_offset == NONE {
         AT_FDCWD
@@ -202,7 +221,12 @@ fn report(policed: &policed::Policed, verdict: Verdict, slot: u32, pending: &Pen
         (*record).dirfd = pending.dirfd;
         (*record).ret = ret;
         let path = &mut (*record).path;
-        match bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut path.bytes) {
+        let read = if pending.path == 0 {
+            Err(0)
+        } else {
+            bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut path.bytes)
+        };
+        match read {
             Ok(bytes) => {
                 let len = bytes.len();
                 path.len = len as u32;

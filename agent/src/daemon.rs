@@ -421,13 +421,14 @@ impl LoopState {
         }
         drop(kernel);
         let targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
-        self.enforce_read_only(targets).await;
+        self.enforce_read_only(targets, &containers).await;
         self.update_status();
         true
     }
 
     /// Writes the identities of the files on the exec lists of containers
-    /// that do not have them yet.
+    /// that do not have them yet, and looks them up again once they are
+    /// [`crate::exec_rules::REFRESH`] old.
     async fn resolve_exec_rules(
         &mut self,
         pods: &[crate::cri::PodInfo],
@@ -442,10 +443,12 @@ impl LoopState {
         let Some(cri) = self.cri.clone() else {
             return;
         };
+        let now = Instant::now();
         for (container_id, policies) in targets {
-            if self.exec_rules.is_resolved(&container_id) {
+            if !self.exec_rules.is_due(&container_id, now) {
                 continue;
             }
+            let first = !self.exec_rules.is_resolved(&container_id);
             let pid = match cri.container_pid(&container_id).await {
                 Ok(pid) => pid,
                 Err(error) => {
@@ -459,7 +462,22 @@ impl LoopState {
                 self.exec_rules.resolve(&mut kernel, &container_id, pid, &policies)
             });
             match resolved {
-                Ok(found) => info!(container_id = %container_id, files = found, "exec lists looked up; allow lists enforced"),
+                Ok(lookup) => {
+                    if first {
+                        info!(container_id = %container_id, files = lookup.found, "exec lists looked up; allow lists enforced");
+                    } else if lookup.changed {
+                        info!(container_id = %container_id, files = lookup.found, "files on the exec lists changed; their new identities are enforced");
+                    }
+                    if first {
+                        for path in &lookup.shell_denied {
+                            warn!(
+                                container_id = %container_id,
+                                path = %path.display(),
+                                "a denied program is the same file as /bin/sh (a multi-call binary), so the shell is denied too"
+                            );
+                        }
+                    }
+                }
                 Err(error) => error!(
                     container_id = %container_id,
                     error = %error,
@@ -471,8 +489,13 @@ impl LoopState {
 
     /// Makes the targeted containers read-only where that is not done yet,
     /// and retries failed ones.
-    async fn enforce_read_only(&mut self, targets: Vec<crate::readonly::Target>) {
-        self.read_only.retain(&targets);
+    async fn enforce_read_only(
+        &mut self,
+        targets: Vec<crate::readonly::Target>,
+        containers: &[crate::cri::ContainerInfo],
+    ) {
+        let running = containers.iter().filter(|c| c.running).map(|c| c.id.as_str()).collect();
+        self.read_only.retain(&targets, &running);
         for target in targets {
             if !self.read_only.due(&target) {
                 continue;
@@ -553,6 +576,8 @@ impl LoopState {
                     resolved_path: None,
                 });
             }
+            // An attempt ends enforced or not; only `retain` releases.
+            crate::readonly::State::Released => {}
         }
     }
 
@@ -640,11 +665,19 @@ impl LoopState {
                     container_id: container_id.to_owned(),
                     enforced: true,
                     reason: None,
+                    released: false,
                 },
                 crate::readonly::State::NotEnforced { reason } => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: false,
                     reason: Some(reason.clone()),
+                    released: false,
+                },
+                crate::readonly::State::Released => ReadOnlyStatus {
+                    container_id: container_id.to_owned(),
+                    enforced: false,
+                    reason: None,
+                    released: true,
                 },
             })
             .collect();

@@ -8,17 +8,50 @@
 //! for a container, the kernel reports programs missing from an allow list
 //! there instead of blocking them. Deny lists still match by path from the
 //! container's first instruction.
+//!
+//! A file can appear at a listed path after the lookup (an intruder writes
+//! one to a writable path that a deny list names). The agent looks the
+//! lists up again every [`REFRESH`], so such a file is matched by identity
+//! from then on; before that, only the exact path text matches it.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use parapet_common::exec::{ExecRuleKey, ExecRuleValue, RULE_IDENTITY};
+use parapet_common::exec::{ExecRuleKey, ExecRuleValue, LIST_DENY, RULE_IDENTITY};
 
 use crate::{enforce::SlottedPolicy, kernel::Kernel, mountns};
 
+/// How often the listed files of each container are looked up again.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// The shell that containers' entry points and `kubectl exec` run.
+const SHELL: &str = "/bin/sh";
+
+/// What one lookup found in a container.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// How many listed paths exist in the container.
+    pub found: usize,
+    /// Whether the identities differ from the previous lookup.
+    pub changed: bool,
+    /// Denied paths that are the same file as the container's shell (a
+    /// multi-call binary such as busybox): denying them denies the shell.
+    pub shell_denied: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    keys: Vec<ExecRuleKey>,
+    at: Instant,
+}
+
 #[derive(Debug, Default)]
 pub struct ExecResolver {
-    /// Kernel keys written for each container.
-    keys: HashMap<String, Vec<ExecRuleKey>>,
+    /// Kernel keys written for each container, and when they were looked up.
+    keys: HashMap<String, Resolved>,
     /// Value and number of containers per written key: files on shared
     /// volumes have one identity in several containers.
     written: HashMap<ExecRuleKey, (ExecRuleValue, usize)>,
@@ -28,6 +61,14 @@ impl ExecResolver {
     /// Returns whether the files on a container's lists are in the kernel.
     pub fn is_resolved(&self, container_id: &str) -> bool {
         self.keys.contains_key(container_id)
+    }
+
+    /// Returns whether a container's lists were never looked up or were
+    /// looked up at least [`REFRESH`] before `now`.
+    pub fn is_due(&self, container_id: &str, now: Instant) -> bool {
+        self.keys
+            .get(container_id)
+            .is_none_or(|resolved| now.duration_since(resolved.at) >= REFRESH)
     }
 
     pub fn resolved(&self) -> HashSet<String> {
@@ -42,23 +83,30 @@ impl ExecResolver {
     }
 
     /// Looks up the listed files in the container whose first process is
-    /// `pid` and writes their identities. Blocks for a fork and a wait.
-    /// Returns how many listed paths exist in the container.
+    /// `pid` and writes their identities, replacing those of an earlier
+    /// lookup. New keys are written before stale ones are removed, so an
+    /// unchanged file is matched throughout. Blocks for a fork and a wait.
     pub fn resolve(
         &mut self,
         kernel: &mut Kernel,
         container_id: &str,
         pid: u32,
         policies: &[&SlottedPolicy],
-    ) -> Result<usize, String> {
+    ) -> Result<Lookup, String> {
         let lookups = crate::enforce::exec_lookups(policies);
-        let paths: Vec<_> = lookups.iter().map(|(_, path, _)| path.clone()).collect();
-        let identities = mountns::stat_in_container(pid, &paths).map_err(|error| error.to_string())?;
+        let mut paths: Vec<_> = lookups.iter().map(|(_, path, _)| path.clone()).collect();
+        paths.push(PathBuf::from(SHELL));
+        let mut identities = mountns::stat_in_container(pid, &paths).map_err(|error| error.to_string())?;
+        let shell = identities.pop().flatten();
         let mut merged: HashMap<ExecRuleKey, ExecRuleValue> = HashMap::new();
-        for ((slot, _, value), identity) in lookups.iter().zip(&identities) {
+        let mut shell_denied = Vec::new();
+        for ((slot, path, value), identity) in lookups.iter().zip(&identities) {
             let Some(identity) = identity else {
                 continue;
             };
+            if value.lists & LIST_DENY != 0 && Some(*identity) == shell && path.as_os_str() != SHELL {
+                shell_denied.push(path.clone());
+            }
             let key = ExecRuleKey {
                 slot: *slot,
                 kind: RULE_IDENTITY,
@@ -69,19 +117,39 @@ impl ExecResolver {
             merge(entry, value);
         }
         let found = identities.iter().filter(|identity| identity.is_some()).count();
+        let previous = self.keys.remove(container_id).map(|resolved| resolved.keys);
         let mut keys = Vec::with_capacity(merged.len());
         for (key, value) in merged {
+            let already = previous.as_ref().is_some_and(|old| old.contains(&key));
             let (stored, users) = self.written.entry(key).or_insert((ExecRuleValue::default(), 0));
             merge(stored, &value);
-            *users += 1;
+            if !already {
+                *users += 1;
+            }
             kernel
                 .exec_rules
                 .insert(key, *stored, 0)
                 .map_err(|error| format!("failed to write an exec rule: {error}"))?;
             keys.push(key);
         }
-        self.keys.insert(container_id.to_owned(), keys);
-        Ok(found)
+        let changed = previous.as_ref().is_some_and(|old| {
+            old.len() != keys.len() || old.iter().any(|key| !keys.contains(key))
+        });
+        for stale in previous.iter().flatten().filter(|key| !keys.contains(key)) {
+            self.release(kernel, stale);
+        }
+        self.keys.insert(
+            container_id.to_owned(),
+            Resolved {
+                keys,
+                at: Instant::now(),
+            },
+        );
+        Ok(Lookup {
+            found,
+            changed,
+            shell_denied,
+        })
     }
 
     /// Removes the rules of containers that are gone or no longer under an
@@ -89,16 +157,23 @@ impl ExecResolver {
     pub fn retain(&mut self, kernel: &mut Kernel, wanted: &HashSet<String>) {
         let gone: Vec<String> = self.keys.keys().filter(|id| !wanted.contains(*id)).cloned().collect();
         for container_id in gone {
-            for key in self.keys.remove(&container_id).unwrap_or_default() {
-                let Some((_, users)) = self.written.get_mut(&key) else {
-                    continue;
-                };
-                *users -= 1;
-                if *users == 0 {
-                    self.written.remove(&key);
-                    let _ = kernel.exec_rules.remove(&key);
-                }
+            let keys = self.keys.remove(&container_id).map(|resolved| resolved.keys);
+            for key in keys.unwrap_or_default() {
+                self.release(kernel, &key);
             }
+        }
+    }
+
+    /// Drops one container's use of a kernel key, removing the key when no
+    /// container uses it any more.
+    fn release(&mut self, kernel: &mut Kernel, key: &ExecRuleKey) {
+        let Some((_, users)) = self.written.get_mut(key) else {
+            return;
+        };
+        *users -= 1;
+        if *users == 0 {
+            self.written.remove(key);
+            let _ = kernel.exec_rules.remove(key);
         }
     }
 }

@@ -88,10 +88,12 @@ pub struct Kernel {
 /// Syscalls whose mutations of read-only file systems are reported; each
 /// has the programs `parapet_fe_<name>` on entry and `parapet_fx_<name>`
 /// on exit.
-const FILE_SYSCALLS: [&str; 26] = [
+const FILE_SYSCALLS: [&str; 36] = [
     "openat", "open", "creat", "truncate", "unlinkat", "unlink", "renameat2", "renameat", "rename",
     "mkdirat", "mkdir", "rmdir", "linkat", "link", "symlinkat", "symlink", "mknodat", "mknod",
     "fchmodat", "chmod", "fchownat", "chown", "lchown", "setxattr", "lsetxattr", "removexattr",
+    "lremovexattr", "fchmodat2", "utimensat", "futimesat", "utimes", "utime", "fchmod", "fchown",
+    "fsetxattr", "fremovexattr",
 ];
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [

@@ -193,7 +193,7 @@ fn write_workloads(out: &mut String, status: &crate::status::Status) {
         .iter()
         .filter(|w| w.restricts_network && status.kernel_policed_cgroups.contains(&w.cgroup_id))
         .count();
-    let read_only = status.read_only.len();
+    let read_only = status.read_only.iter().filter(|c| !c.released).count();
     let read_only_enforced = status.read_only.iter().filter(|c| c.enforced).count();
     let _ = writeln!(out, "# HELP parapet_workloads_selected Workloads (containers and pods) that policies select, per promise.");
     let _ = writeln!(out, "# TYPE parapet_workloads_selected gauge");

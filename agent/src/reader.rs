@@ -74,6 +74,35 @@ fn resolve_path(pid: u32, dirfd: i32, path: &str) -> Option<String> {
     Some(base.join(path).to_string_lossy().into_owned())
 }
 
+/// Describes a file record: the call, the descriptor when the call gave
+/// no path, and the error the kernel returned.
+fn file_detail(file: &parapet_common::file::FileEvent) -> Option<String> {
+    let name = parapet_common::file::op::name(file.op);
+    let call = if file.path.len == 0 {
+        format!("{name} on descriptor {}", file.dirfd)
+    } else {
+        name.to_owned()
+    };
+    if file.ret < 0 {
+        let error = std::io::Error::from_raw_os_error((-file.ret).clamp(0, i32::MAX as i64) as i32);
+        Some(format!("{call} returned {error}"))
+    } else if file.path.len == 0 {
+        Some(call)
+    } else {
+        None
+    }
+}
+
+/// Returns the path of a process's open descriptor, read from `/proc`
+/// when the event arrives. `None` when the process or descriptor is gone.
+fn descriptor_path(pid: u32, fd: i32) -> Option<String> {
+    if fd < 0 {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    Some(path.to_string_lossy().into_owned())
+}
+
 /// Event destination: a JSON line on stdout and every `tail` client.
 pub struct EventSink {
     pub node: String,
@@ -172,20 +201,17 @@ impl Namer {
                 None,
                 Some("spec.filesystem.readOnly".to_owned()),
                 event::exec_path(&file.binary),
-                Some(format!(
-                    "{} returned {}",
-                    parapet_common::file::op::name(file.op),
-                    std::io::Error::from_raw_os_error((-file.ret).clamp(0, i32::MAX as i64) as i32)
-                ))
-                .filter(|_| file.ret < 0),
+                file_detail(file),
             ),
         };
         let (path, resolved_path, operation) = match record {
             Record::File(file) => {
                 let given = event::exec_path(&file.path).map(|(path, _)| path);
-                let resolved = given
-                    .as_deref()
-                    .and_then(|path| resolve_path(header.pid, file.dirfd, path));
+                let resolved = match given.as_deref() {
+                    Some(path) => resolve_path(header.pid, file.dirfd, path),
+                    // A call on a descriptor: the path is the descriptor's.
+                    None => descriptor_path(header.pid, file.dirfd),
+                };
                 (given, resolved, parapet_common::file::op::name(file.op).to_owned())
             }
             _ => (None, None, event::operation(header).to_owned()),

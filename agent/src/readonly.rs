@@ -8,8 +8,9 @@
 //! gives a restarted container a new container id, so the agent treats it
 //! as a new target and makes the change again. A policy change that makes
 //! more paths read-only is applied at once. NOTE: one that makes a path
-//! writable again takes effect only when the container restarts, because
-//! the fallback never clears the read-only flag it set.
+//! writable again, or removes the policy, takes effect only when the
+//! container restarts, because the fallback never clears the read-only
+//! flag it set. The status lists such containers as released.
 
 use std::{
     collections::HashMap,
@@ -40,6 +41,10 @@ pub enum State {
     Enforced,
     /// The last attempt failed, for the reason given.
     NotEnforced { reason: String },
+    /// No policy asks for it any more, but the mounts made read-only (all
+    /// of them, or some after a failed attempt) stay so until the container
+    /// restarts.
+    Released,
 }
 
 #[derive(Debug)]
@@ -84,16 +89,6 @@ impl Tracker {
         }
     }
 
-    /// Counts of targets: (enforced, not enforced).
-    pub fn counts(&self) -> (usize, usize) {
-        let enforced = self
-            .records
-            .values()
-            .filter(|record| record.state == State::Enforced)
-            .count();
-        (enforced, self.records.len() - enforced)
-    }
-
     /// Returns every record, for the status.
     pub fn states(&self) -> impl Iterator<Item = (&str, &State)> {
         self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
@@ -135,10 +130,19 @@ impl Tracker {
         }
     }
 
-    /// Forgets containers that are no longer targets.
-    pub fn retain(&mut self, targets: &[Target]) {
-        self.records
-            .retain(|id, _| targets.iter().any(|target| &target.container_id == id));
+    /// Forgets containers that are gone, and marks running ones that are
+    /// no longer targets as released.
+    pub fn retain(&mut self, targets: &[Target], running: &std::collections::HashSet<&str>) {
+        self.records.retain(|id, record| {
+            if targets.iter().any(|target| &target.container_id == id) {
+                return true;
+            }
+            if !running.contains(id.as_str()) {
+                return false;
+            }
+            record.state = State::Released;
+            true
+        });
     }
 
     pub fn state(&self, container_id: &str) -> Option<&State> {

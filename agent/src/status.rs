@@ -33,6 +33,10 @@ pub struct ReadOnlyStatus {
     pub enforced: bool,
     /// Reason the container is not read-only yet.
     pub reason: Option<String>,
+    /// No policy selects the container any more, but its mounts stay
+    /// read-only until it restarts.
+    #[serde(default)]
+    pub released: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,6 +111,14 @@ pub fn render_text(status: &Status) -> String {
     let _ = writeln!(out, "kernel entries: {}", status.kernel_policed_cgroups.len());
     let _ = writeln!(out, "read-only:      {}", status.read_only.len());
     for container in &status.read_only {
+        if container.released {
+            let _ = writeln!(
+                out,
+                "  {} released: no policy asks for read-only any more; its mounts stay read-only until it restarts",
+                container.container_id
+            );
+            continue;
+        }
         match &container.reason {
             None => {
                 let _ = writeln!(out, "  {} enforced", container.container_id);

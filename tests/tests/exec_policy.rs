@@ -121,3 +121,37 @@ async fn audit_mode_reports_and_runs() -> Result<()> {
     containerd.cleanup().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn file_placed_later_at_a_denied_path_is_refused_by_identity() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let lists = format!("    deny: [{NETPROBE}, /tmp/dropped]\n");
+    let (containerd, worker, _other, mut agent) = start("enforce", &lists).await?;
+
+    // The denied path did not exist at the first lookup. Run by another
+    // path text, it is only matched once the agent has looked it up again.
+    let placed = shell(&worker, "cp /tmp/copied-probe /tmp/dropped").await?;
+    assert_eq!(placed.exit_code, 0, "{placed:?}");
+    agent.wait_for_log(&["files on the exec lists changed", &worker.container_id])?;
+    assert_eq!(run_probe(&worker, "cd /tmp && ./dropped").await?, "status=137");
+    let refused = agent.wait_for_event(|e| {
+        e.kind == Kind::Exec && e.binary.as_deref() == Some("./dropped") && e.verdict == VerdictName::Deny
+    })?;
+    assert_eq!(refused.rule.as_deref(), Some("spec.exec.deny[1]"));
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn denying_a_busybox_applet_warns_that_the_shell_is_denied() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let (containerd, worker, _other, mut agent) = start("audit", "    deny: [/bin/ls]\n").await?;
+
+    agent.wait_for_log(&["same file as /bin/sh", &worker.container_id, "/bin/ls"])?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}

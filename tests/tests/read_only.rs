@@ -111,6 +111,19 @@ async fn read_only_root_refuses_every_mutation() -> Result<()> {
         assert_eq!(event.resolved_path.as_deref(), Some(path));
         assert!(event.detail.as_deref().is_some_and(|d| d.contains("Read-only file system")), "{event:?}");
     }
+    // Calls on a descriptor give no path; the event names the descriptor
+    // and the file it was open on.
+    for call in ["fchmod", "fsetxattr"] {
+        let output = shell(&db, &format!("/usr/local/bin/netprobe {call} /data.txt")).await?;
+        assert!(output.stdout.contains("errno=30"), "{call}: {output:?}");
+        let event = agent.wait_for_event(|e| e.kind == Kind::File && e.operation == call)?;
+        assert_eq!(event.verdict, VerdictName::Deny, "{event:?}");
+        assert_eq!(event.path, None, "{event:?}");
+        assert_eq!(event.resolved_path.as_deref(), Some("/data.txt"), "{event:?}");
+        assert!(event.detail.as_deref().is_some_and(|d| d.contains("on descriptor")), "{event:?}");
+    }
+    let mode = shell(&db, "stat -c %a /data.txt").await?;
+    assert_eq!(mode.stdout_trimmed(), "644");
     let status = agent.status().await?;
     let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
     assert!(entry.is_some_and(|c| c.enforced), "{status:#?}");
@@ -151,6 +164,22 @@ async fn policy_reaches_a_running_pod() -> Result<()> {
     println!("lag from the policy file changing to a refused write: {:?}", written.elapsed());
     agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
     assert_read_only(&db).await?;
+
+    // Removing the policy cannot undo the remount; the status says so.
+    std::fs::remove_file(agent.policy_dir.join("db.yaml"))?;
+    let removed = Instant::now();
+    loop {
+        let status = agent.status().await?;
+        let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
+        if entry.is_some_and(|c| c.released) {
+            break;
+        }
+        assert!(removed.elapsed() < Duration::from_secs(20), "never released: {:?}", status.read_only);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(shell(&db, "touch /after-removal").await?.exit_code, 0);
+    let metrics = agent.metrics()?;
+    assert!(metrics.contains("parapet_workloads_selected{promise=\"filesystem\"} 0"), "{metrics}");
 
     agent.stop()?;
     containerd.cleanup().await?;

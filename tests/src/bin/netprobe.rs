@@ -4,6 +4,7 @@
 //! netprobe connect tcp|udp ADDR PORT   connect (UDP: connect, then send one datagram)
 //! netprobe send udp ADDR PORT          one sendto() on an unconnected socket
 //! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
+//! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
@@ -24,7 +25,8 @@ const REPLY: &[u8] = b"pong";
 const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe send udp ADDR PORT\n       \
                      netprobe listen tcp|udp PORT\n       \
-                     netprobe socket udplite|raw|packet|inet-packet";
+                     netprobe socket udplite|raw|packet|inet-packet\n       \
+                     netprobe fchmod|fsetxattr PATH";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Ok(Command::Send(target)) => report(send_unconnected(target)),
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
+        Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -53,6 +56,14 @@ enum Command {
     Listen(Protocol, u16),
     /// `socket(family, type, protocol)` and nothing else.
     Socket(i32, i32, i32),
+    /// A change made through a read-only descriptor of the path.
+    Descriptor(DescriptorCall, String),
+}
+
+#[derive(Clone, Copy)]
+enum DescriptorCall {
+    Fchmod,
+    Fsetxattr,
 }
 
 fn parse(args: &[&str]) -> Result<Command, String> {
@@ -76,6 +87,8 @@ fn parse(args: &[&str]) -> Result<Command, String> {
             10,
             i32::from((libc::ETH_P_ALL as u16).to_be()),
         )),
+        ["fchmod", path] => Ok(Command::Descriptor(DescriptorCall::Fchmod, (*path).to_owned())),
+        ["fsetxattr", path] => Ok(Command::Descriptor(DescriptorCall::Fsetxattr, (*path).to_owned())),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
@@ -97,6 +110,26 @@ fn parse_target(addr: &str, port: &str) -> Result<SocketAddr, String> {
         .parse()
         .map_err(|_| format!("invalid IP address {addr:?}"))?;
     Ok(SocketAddr::new(ip, parse_port(port)?))
+}
+
+/// Opens `path` read-only and changes its mode or an extended attribute
+/// through the descriptor. Keeps the descriptor open a moment afterwards,
+/// so that the agent can still read its path from `/proc`.
+fn change_through_descriptor(call: DescriptorCall, path: String) -> io::Result<()> {
+    let file = std::fs::File::open(&path)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: `fd` is open for the whole call; the name and value are
+    // NUL-terminated or sized.
+    let status = unsafe {
+        match call {
+            DescriptorCall::Fchmod => libc::fchmod(fd, 0o600),
+            DescriptorCall::Fsetxattr => libc::fsetxattr(fd, c"user.parapet".as_ptr(), b"x".as_ptr().cast(), 1, 0),
+        }
+    };
+    let result = if status == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    std::thread::sleep(Duration::from_millis(500));
+    drop(file);
+    result
 }
 
 fn report(result: io::Result<()>) -> ExitCode {
