@@ -398,7 +398,12 @@ impl LoopState {
             .values()
             .any(|since| now.duration_since(*since) < PENDING_WINDOW)
             .then(|| now + PENDING_RETRY);
-        self.resolve_exec_rules(&pods, &containers).await;
+        let identities = workload_identities(&pods, &containers, &scan.containers);
+        self.identities
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_cgroups(identities);
+        self.resolve_exec_rules(&pods, &containers, &scan.containers).await;
         let desired = crate::enforce::desired_entries(
             self.enforcer.policies(),
             &pods,
@@ -406,11 +411,6 @@ impl LoopState {
             &scan.containers,
             &self.exec_rules.resolved(),
         );
-        let identities = workload_identities(&pods, &containers, &scan.containers);
-        self.identities
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_cgroups(identities);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -433,6 +433,7 @@ impl LoopState {
         &mut self,
         pods: &[crate::cri::PodInfo],
         containers: &[crate::cri::ContainerInfo],
+        cgroups: &std::collections::HashMap<String, crate::cgroups::ContainerCgroup>,
     ) {
         let targets = crate::enforce::exec_targets(self.enforcer.policies(), pods, containers);
         let wanted = targets.iter().map(|(id, _)| id.clone()).collect();
@@ -469,6 +470,9 @@ impl LoopState {
                         info!(container_id = %container_id, files = lookup.found, "files on the exec lists changed; their new identities are enforced");
                     }
                     if first {
+                        if let Some(cgroup) = cgroups.get(&container_id) {
+                            self.report_running_programs(&container_id, cgroup, &policies);
+                        }
                         for path in &lookup.shell_denied {
                             warn!(
                                 container_id = %container_id,
@@ -484,6 +488,65 @@ impl LoopState {
                     "failed to look up the files on a container's exec lists; its allow lists are reported, not enforced; will retry"
                 ),
             }
+        }
+    }
+
+    /// Reports the processes of a container that run programs its new exec
+    /// policy refuses: they started before it and are not stopped.
+    fn report_running_programs(
+        &self,
+        container_id: &str,
+        cgroup: &crate::cgroups::ContainerCgroup,
+        policies: &[&crate::enforce::SlottedPolicy],
+    ) {
+        let refused = crate::exec_running::denied_processes(&cgroup.path, policies, |slot, identity| {
+            self.exec_rules.rule(slot, identity)
+        });
+        if refused.is_empty() {
+            return;
+        }
+        let identity = self
+            .identities
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cgroup(cgroup.id)
+            .cloned();
+        for process in refused {
+            warn!(
+                container_id = %container_id,
+                pid = process.pid,
+                binary = %process.binary,
+                policy = %process.policy,
+                "a program the exec policy refuses was already running when the policy arrived; it keeps running"
+            );
+            let verdict = match process.mode {
+                policy::Mode::Enforce => crate::event::VerdictName::NotEnforced,
+                policy::Mode::Audit => crate::event::VerdictName::Audit,
+            };
+            self.sink.emit(crate::event::Event {
+                time: reader::now_rfc3339(),
+                node: self.sink.node.clone(),
+                kind: crate::event::Kind::Exec,
+                operation: "running".to_owned(),
+                verdict,
+                namespace: identity.as_ref().map(|i| i.namespace.clone()),
+                pod: identity.as_ref().map(|i| i.pod.clone()),
+                pod_uid: identity.as_ref().map(|i| i.pod_uid.clone()),
+                container: identity.as_ref().and_then(|i| i.container.clone()),
+                container_id: Some(container_id.to_owned()),
+                cgroup_id: cgroup.id,
+                pid: process.pid,
+                tid: process.pid,
+                process: String::new(),
+                binary: Some(process.binary),
+                binary_truncated: false,
+                peer: None,
+                policy: Some(process.policy),
+                rule: process.rule,
+                detail: Some("running since before the exec policy arrived; not stopped".to_owned()),
+                path: None,
+                resolved_path: None,
+            });
         }
     }
 

@@ -71,6 +71,17 @@ impl ExecResolver {
             .is_none_or(|resolved| now.duration_since(resolved.at) >= REFRESH)
     }
 
+    /// Returns the rule written for a policy slot and file, if any.
+    pub fn rule(&self, slot: u32, identity: mountns::FileIdentity) -> Option<ExecRuleValue> {
+        let key = ExecRuleKey {
+            slot,
+            kind: RULE_IDENTITY,
+            first: identity.dev,
+            second: identity.ino,
+        };
+        self.written.get(&key).map(|(value, _)| *value)
+    }
+
     pub fn resolved(&self) -> HashSet<String> {
         self.keys.keys().cloned().collect()
     }

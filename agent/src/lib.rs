@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod event;
 pub mod exec_rules;
+pub mod exec_running;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

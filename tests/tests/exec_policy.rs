@@ -155,3 +155,27 @@ async fn denying_a_busybox_applet_warns_that_the_shell_is_denied() -> Result<()>
     containerd.cleanup().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn refused_program_already_running_is_reported() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let worker = Pod::run(&containerd, "worker", "clinic", &[("app", "worker")]).await?;
+    let started = shell(&worker, &format!("{NETPROBE} listen tcp 7070 >/dev/null 2>&1 &")).await?;
+    assert_eq!(started.exit_code, 0, "{started:?}");
+    let policy = exec_policy("enforce", &format!("    deny: [{NETPROBE}]\n"));
+    let mut agent = Agent::start(&containerd, &[("tools.yaml", &policy)])?;
+    agent.wait_ready()?;
+
+    let running = agent.wait_for_event(|e| e.kind == Kind::Exec && e.operation == "running")?;
+    assert_eq!(running.verdict, VerdictName::NotEnforced, "{running:?}");
+    assert_eq!(running.binary.as_deref(), Some(NETPROBE));
+    assert_eq!(running.rule.as_deref(), Some("spec.exec.deny[0]"));
+    assert_eq!(running.pod.as_deref(), Some("worker"));
+    assert!(running.detail.as_deref().is_some_and(|d| d.contains("before the exec policy")), "{running:?}");
+    agent.wait_for_log(&["already running when the policy arrived", &worker.container_id])?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
