@@ -2,10 +2,13 @@
 //! live events to `parapet tail`.
 //!
 //! Protocol: the client sends one JSON line, a `Request`. For `follow` the
-//! agent then sends one JSON line per matching event. When a client reads
-//! too slowly to keep up, the agent skips events for it rather than slow
-//! down, and sends a `{"missed": N}` line saying how many it skipped. For
-//! `status` the agent sends one `Status` line and closes the connection.
+//! agent then sends one JSON line per matching event: first the recent
+//! ones the client asked for with `since_ms`, then live ones. When a client
+//! reads too slowly to keep up, the agent skips events for it rather than
+//! slow down, and sends a `{"missed": N}` line saying how many it skipped.
+//! When the replay lacks events that the buffer no longer holds, the agent
+//! sends a `{"notice": "..."}` line first. For `status` the agent sends one
+//! `Status` line and closes the connection.
 
 use std::{
     fs,
@@ -13,6 +16,11 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
+};
+
+use crate::{
+    event::Kind,
+    feed::{Feed, RECENT_CAPACITY},
 };
 
 use serde::{Deserialize, Serialize};
@@ -51,16 +59,32 @@ pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 pub struct Subscription {
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    #[serde(default)]
+    pub verdict: Option<VerdictName>,
+    #[serde(default)]
+    pub policy: Option<String>,
     /// Also send allowed decisions, not only violations.
     #[serde(default)]
     pub include_allowed: bool,
+    /// Replay the events of this many milliseconds before the request.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
 }
 
 impl Subscription {
     pub fn matches(&self, event: &Event) -> bool {
-        (self.include_allowed || event.verdict != VerdictName::Allow)
+        let allowed_requested = self.include_allowed || self.verdict == Some(VerdictName::Allow);
+        (allowed_requested || event.verdict != VerdictName::Allow)
+            && self.verdict.is_none_or(|verdict| verdict == event.verdict)
+            && self.kind.is_none_or(|kind| kind == event.kind)
             && filter_matches(&self.namespace, &event.namespace)
             && filter_matches(&self.pod, &event.pod)
+            && filter_matches(&self.container, &event.container)
+            && filter_matches(&self.policy, &event.policy)
     }
 }
 
@@ -73,6 +97,13 @@ fn filter_matches(filter: &Option<String>, value: &Option<String>) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Missed {
     pub missed: u64,
+}
+
+/// A warning line the agent sends besides events.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
+    pub notice: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +171,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 }
 
 /// Accepts clients until the listener fails.
-pub async fn serve(listener: UnixListener, events: broadcast::Sender<Arc<Event>>, status: StatusFn) {
+pub async fn serve(listener: UnixListener, feed: Arc<Feed>, status: StatusFn) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let receiver = events.subscribe();
+                let feed = Arc::clone(&feed);
                 let status = Arc::clone(&status);
                 tokio::spawn(async move {
-                    if let Err(error) = serve_client(stream, receiver, status).await {
+                    if let Err(error) = serve_client(stream, &feed, status).await {
                         debug!(error = %error, "API client left");
                     }
                 });
@@ -160,11 +191,7 @@ pub async fn serve(listener: UnixListener, events: broadcast::Sender<Arc<Event>>
     }
 }
 
-async fn serve_client(
-    stream: UnixStream,
-    mut receiver: broadcast::Receiver<Arc<Event>>,
-    status: StatusFn,
-) -> std::io::Result<()> {
+async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std::io::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
     let mut request = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(read_half, MAX_REQUEST_BYTES));
@@ -206,6 +233,25 @@ async fn serve_client(
             return Ok(());
         }
     };
+    let since = subscription.since_ms.map(Duration::from_millis);
+    let crate::feed::Subscription {
+        replay,
+        replay_incomplete,
+        live: mut receiver,
+    } = feed.subscribe(since);
+    if replay_incomplete {
+        let notice = Notice {
+            notice: format!(
+                "the replay lacks its oldest events: the agent keeps only the last {RECENT_CAPACITY}"
+            ),
+        };
+        let line = serde_json::to_string(&notice).map_err(std::io::Error::other)?;
+        write_half.write_all(format!("{line}\n").as_bytes()).await?;
+    }
+    for event in replay.iter().filter(|event| subscription.matches(event)) {
+        let line = serde_json::to_string(&**event).map_err(std::io::Error::other)?;
+        write_half.write_all(format!("{line}\n").as_bytes()).await?;
+    }
     loop {
         let line = match receiver.recv().await {
             Ok(event) => {
@@ -221,5 +267,52 @@ async fn serve_client(
         };
         write_half.write_all(line.as_bytes()).await?;
         write_half.write_all(b"\n").await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(verdict: &str, kind: &str, container: &str, policy: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "time": "2026-12-04T00:00:00Z", "node": "n", "kind": kind, "operation": "connect",
+            "verdict": verdict, "namespace": "clinic", "pod": "api", "pod_uid": null,
+            "container": container, "container_id": null, "cgroup_id": 1, "pid": 7, "tid": 7,
+            "process": "sh", "binary": null, "binary_truncated": false, "peer": null,
+            "policy": policy, "rule": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn filters_each_field() {
+        let denied = event("deny", "network", "api", "egress");
+        let filter = |request: serde_json::Value| -> Subscription { serde_json::from_value(request).unwrap() };
+        assert!(filter(serde_json::json!({})).matches(&denied));
+        assert!(filter(serde_json::json!({"container": "api"})).matches(&denied));
+        assert!(!filter(serde_json::json!({"container": "sidecar"})).matches(&denied));
+        assert!(filter(serde_json::json!({"kind": "network"})).matches(&denied));
+        assert!(!filter(serde_json::json!({"kind": "file"})).matches(&denied));
+        assert!(filter(serde_json::json!({"verdict": "deny"})).matches(&denied));
+        assert!(!filter(serde_json::json!({"verdict": "audit"})).matches(&denied));
+        assert!(filter(serde_json::json!({"policy": "egress"})).matches(&denied));
+        assert!(!filter(serde_json::json!({"policy": "other"})).matches(&denied));
+    }
+
+    #[test]
+    fn allowed_events_only_on_request() {
+        let allowed = event("allow", "network", "api", "egress");
+        let filter = |request: serde_json::Value| -> Subscription { serde_json::from_value(request).unwrap() };
+        assert!(!filter(serde_json::json!({})).matches(&allowed));
+        assert!(filter(serde_json::json!({"include_allowed": true})).matches(&allowed));
+        assert!(filter(serde_json::json!({"verdict": "allow"})).matches(&allowed));
+    }
+
+    #[test]
+    fn unknown_request_fields_are_rejected() {
+        let request = r#"{"follow": {"namespace": "clinic", "colour": "red"}}"#;
+        let error = serde_json::from_str::<Request>(request).unwrap_err().to_string();
+        assert!(error.contains("unknown field `colour`"), "{error}");
     }
 }

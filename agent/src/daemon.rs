@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::broadcast,
 };
 use tracing::{error, info, warn};
 
@@ -53,8 +52,6 @@ const PENDING_RETRY: Duration = Duration::from_millis(10);
 const PENDING_WINDOW: Duration = Duration::from_secs(5);
 /// How often it looks for policy changes.
 const POLICY_POLL: Duration = Duration::from_secs(1);
-/// Events kept for slow `tail` clients before they miss some.
-const EVENT_BACKLOG: usize = 4096;
 
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let node = options.node_name.clone().unwrap_or_else(node_name);
@@ -110,14 +107,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     log_policies(&enforcer);
     let kernel = Arc::new(Mutex::new(kernel));
 
-    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let feed = Arc::new(crate::feed::Feed::new());
     let namer = Namer {
         node: node.clone(),
         identities: Arc::clone(&identities),
     };
     let sink = Arc::new(reader::EventSink {
         node: node.clone(),
-        sender: events.clone(),
+        feed: Arc::clone(&feed),
     });
     let reader_sink = Arc::clone(&sink);
     tokio::spawn(async move {
@@ -157,7 +154,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             status
         })
     };
-    tokio::spawn(api::serve(listener, events.clone(), status_fn));
+    tokio::spawn(api::serve(listener, feed, status_fn));
 
     let mut state = LoopState {
         cri_socket: options.cri_socket.clone(),

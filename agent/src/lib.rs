@@ -11,6 +11,7 @@ pub mod enforce;
 pub mod event;
 pub mod exec_rules;
 pub mod exec_running;
+pub mod feed;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

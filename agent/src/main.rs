@@ -73,9 +73,25 @@ struct TailArgs {
     /// Only events of this pod (by name).
     #[arg(long)]
     pod: Option<String>,
+    /// Only events of this container (by name).
+    #[arg(long)]
+    container: Option<String>,
+    /// Only events of this kind.
+    #[arg(long, value_enum)]
+    kind: Option<tail::KindFilter>,
+    /// Only events with this verdict.
+    #[arg(long, value_enum)]
+    verdict: Option<tail::VerdictFilter>,
+    /// Only events under this policy (by name).
+    #[arg(long)]
+    policy: Option<String>,
     /// Also show operations that the policies allowed.
     #[arg(long)]
     include_allowed: bool,
+    /// First replay the events of this last period (such as 30s, 5m or 1h)
+    /// that the agent still keeps, then follow live ones.
+    #[arg(long, value_parser = tail::parse_since)]
+    since: Option<std::time::Duration>,
     #[arg(long, value_enum, default_value = "text")]
     output: tail::Output,
     /// Path of the agent's API socket.
@@ -134,7 +150,12 @@ fn main() -> ExitCode {
             api::Subscription {
                 namespace: args.namespace,
                 pod: args.pod,
+                container: args.container,
+                kind: args.kind.map(Into::into),
+                verdict: args.verdict.map(Into::into),
+                policy: args.policy,
                 include_allowed: args.include_allowed,
+                since_ms: args.since.map(|since| since.as_millis().try_into().unwrap_or(u64::MAX)),
             },
             args.output,
         )),

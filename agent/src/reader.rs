@@ -9,7 +9,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
-use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
 use parapet_common::EventKind;
@@ -103,10 +103,10 @@ fn descriptor_path(pid: u32, fd: i32) -> Option<String> {
     Some(path.to_string_lossy().into_owned())
 }
 
-/// Event destination: a JSON line on stdout and every `tail` client.
+/// Event destination: a JSON line on stdout and the feed of `tail` clients.
 pub struct EventSink {
     pub node: String,
-    pub sender: broadcast::Sender<Arc<Event>>,
+    pub feed: Arc<crate::feed::Feed>,
 }
 
 impl EventSink {
@@ -119,8 +119,7 @@ impl EventSink {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
-        // An error only means that no `tail` client is connected.
-        let _ = self.sender.send(event);
+        self.feed.publish(event);
     }
 }
 

@@ -9,9 +9,64 @@ use tokio::{
 };
 
 use crate::{
-    api::{Missed, Request, Subscription},
-    event::Event,
+    api::{Missed, Notice, Request, Subscription},
+    event::{Event, Kind, VerdictName},
 };
+
+/// `--kind` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindFilter {
+    Network,
+    File,
+    Exec,
+}
+
+impl From<KindFilter> for Kind {
+    fn from(kind: KindFilter) -> Self {
+        match kind {
+            KindFilter::Network => Self::Network,
+            KindFilter::File => Self::File,
+            KindFilter::Exec => Self::Exec,
+        }
+    }
+}
+
+/// `--verdict` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictFilter {
+    Allow,
+    Deny,
+    Audit,
+    NotEnforced,
+}
+
+impl From<VerdictFilter> for VerdictName {
+    fn from(verdict: VerdictFilter) -> Self {
+        match verdict {
+            VerdictFilter::Allow => Self::Allow,
+            VerdictFilter::Deny => Self::Deny,
+            VerdictFilter::Audit => Self::Audit,
+            VerdictFilter::NotEnforced => Self::NotEnforced,
+        }
+    }
+}
+
+/// Parses a `--since` period: a whole number and a unit, `s`, `m` or `h`.
+pub fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    let expected = "expected a whole number and a unit, such as 30s, 5m or 1h";
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid period {text:?}: {expected}"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        _ => return Err(format!("invalid unit in {text:?}: {expected}")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -35,6 +90,10 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
             eprintln!("parapet tail: missed {} events because this client read too slowly", missed.missed);
             continue;
         }
+        if let Ok(notice) = serde_json::from_str::<Notice>(&line) {
+            eprintln!("parapet tail: {}", notice.notice);
+            continue;
+        }
         if let Ok(error) = serde_json::from_str::<serde_json::Value>(&line)
             && let Some(message) = error.get("error").and_then(|m| m.as_str())
         {
@@ -54,8 +113,22 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
 }
 
 /// One event as a line of text: time, verdict, kind, workload, process,
-/// target, policy and rule.
+/// target (peer or path), policy and rule. Control characters in names and
+/// paths are escaped, so that an event is always one line.
 pub fn text_line(event: &Event) -> String {
+    let line = raw_text_line(event);
+    let mut escaped = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
+fn raw_text_line(event: &Event) -> String {
     let workload = format!(
         "{}/{}/{}",
         event.namespace.as_deref().unwrap_or("-"),
@@ -67,7 +140,12 @@ pub fn text_line(event: &Event) -> String {
             format!("[{}]:{}/{}", peer.address, peer.port, peer.protocol)
         }
         Some(peer) => format!("{}:{}/{}", peer.address, peer.port, peer.protocol),
-        None => "-".to_owned(),
+        None => event
+            .resolved_path
+            .as_deref()
+            .or(event.path.as_deref())
+            .unwrap_or("-")
+            .to_owned(),
     };
     format!(
         "{} {:<5} {} {} {} pid={} {} -> {} policy={} rule={}",
@@ -106,4 +184,34 @@ pub async fn status(socket: &Path) -> anyhow::Result<crate::status::Status> {
         .await?
         .context("the agent closed the connection without a status")?;
     serde_json::from_str(&line).with_context(|| format!("invalid status from the agent: {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_periods() {
+        assert_eq!(parse_since("30s"), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(parse_since("5m"), Ok(std::time::Duration::from_secs(300)));
+        assert_eq!(parse_since("2h"), Ok(std::time::Duration::from_secs(7200)));
+        for bad in ["", "5", "m", "5d", "-5m", "1.5h"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_line_stays_one_line() {
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "time": "2026-12-04T00:00:00Z", "node": "n", "kind": "file", "operation": "openat",
+            "verdict": "deny", "namespace": "clinic", "pod": "db", "pod_uid": null,
+            "container": "db", "container_id": null, "cgroup_id": 1, "pid": 7, "tid": 7,
+            "process": "sh", "binary": "/bin/busybox", "binary_truncated": false, "peer": null,
+            "policy": "ro", "rule": "spec.filesystem.readOnly", "path": "/etc/x\ny"
+        }))
+        .unwrap();
+        let line = text_line(&event);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("-> /etc/x\\ny policy=ro"), "{line}");
+    }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use parapet::event::{Kind, VerdictName};
 use parapet_tests::{
     Containerd, Pod,
-    agent::{Agent, metric_value},
+    agent::{Agent, Tail, metric_value},
 };
 
 fn read_only_policy(mode: &str) -> String {
@@ -124,6 +124,17 @@ async fn read_only_root_refuses_every_mutation() -> Result<()> {
     }
     let mode = shell(&db, "stat -c %a /data.txt").await?;
     assert_eq!(mode.stdout_trimmed(), "644");
+    // A `tail` started afterwards replays them, filtered, as one line each.
+    let mut replay = Tail::start(
+        &agent,
+        &["--since", "5m", "--kind", "file", "--verdict", "deny", "--container", "main", "--policy", "db-read-only"],
+    )?;
+    let line = replay.wait_for_line(&["deny", "file", "fchmod", "clinic/db/main", "-> /data.txt", "policy=db-read-only"])?;
+    assert!(line.contains("rule=spec.filesystem.readOnly"), "{line}");
+    let other_kind = Tail::start(&agent, &["--since", "5m", "--kind", "network", "--output", "json"])?;
+    let mut all_kinds = Tail::start(&agent, &["--since", "5m", "--output", "json"])?;
+    all_kinds.wait_for_line(&["\"fsetxattr\""])?;
+    assert_eq!(other_kind.output(), "", "no network events happened");
     let status = agent.status().await?;
     let entry = status.read_only.iter().find(|c| c.container_id == db.container_id);
     assert!(entry.is_some_and(|c| c.enforced), "{status:#?}");

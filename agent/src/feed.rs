@@ -1,0 +1,166 @@
+//! The event feed of `parapet tail` clients: live events through a
+//! broadcast channel, and the most recent ones kept in a bounded buffer so
+//! that a client can ask for the last minutes again (`--since`).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::broadcast;
+
+use crate::event::Event;
+
+/// Events kept for replay. At an estimated few hundred bytes each, this is
+/// a few MiB.
+pub const RECENT_CAPACITY: usize = 4096;
+
+/// Events a live client may fall behind by before it misses some.
+const LIVE_BACKLOG: usize = 4096;
+
+pub struct Feed {
+    recent: Mutex<Recent>,
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<(Instant, Arc<Event>)>,
+    /// When the newest event pushed out of the buffer was published.
+    newest_dropped: Option<Instant>,
+}
+
+/// A new client's events: the recent ones it asked for, then the live
+/// stream from the event after them.
+pub struct Subscription {
+    pub replay: Vec<Arc<Event>>,
+    /// True when events inside the requested window were already pushed
+    /// out of the buffer, so the replay lacks its oldest part.
+    pub replay_incomplete: bool,
+    pub live: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        Self {
+            recent: Mutex::new(Recent::default()),
+            sender: broadcast::channel(LIVE_BACKLOG).0,
+        }
+    }
+
+    /// Keeps the event for replay and sends it to live clients.
+    pub fn publish(&self, event: Arc<Event>) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.events.len() == RECENT_CAPACITY
+            && let Some((published, _)) = recent.events.pop_front()
+        {
+            recent.newest_dropped = Some(published);
+        }
+        recent.events.push_back((now, Arc::clone(&event)));
+        // Sending under the lock orders the live stream after every replay
+        // taken before it. An error only means that no client is connected.
+        let _ = self.sender.send(event);
+    }
+
+    /// Subscribes to live events and takes the events published in the last
+    /// `since`, as one step, so that no event is missed or sent twice.
+    pub fn subscribe(&self, since: Option<Duration>) -> Subscription {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.sender.subscribe();
+        let Some(since) = since else {
+            return Subscription {
+                replay: Vec::new(),
+                replay_incomplete: false,
+                live,
+            };
+        };
+        let cutoff = Instant::now().checked_sub(since);
+        let in_window = |published: &Instant| cutoff.is_none_or(|cutoff| *published >= cutoff);
+        let replay = recent
+            .events
+            .iter()
+            .filter(|(published, _)| in_window(published))
+            .map(|(_, event)| Arc::clone(event))
+            .collect();
+        Subscription {
+            replay,
+            replay_incomplete: recent.newest_dropped.as_ref().is_some_and(in_window),
+            live,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Kind, VerdictName};
+
+    fn event(pid: u32) -> Arc<Event> {
+        Arc::new(Event {
+            time: String::new(),
+            node: "node".to_owned(),
+            kind: Kind::File,
+            operation: "openat".to_owned(),
+            verdict: VerdictName::Deny,
+            namespace: None,
+            pod: None,
+            pod_uid: None,
+            container: None,
+            container_id: None,
+            cgroup_id: 0,
+            pid,
+            tid: pid,
+            process: String::new(),
+            binary: None,
+            binary_truncated: false,
+            peer: None,
+            policy: None,
+            rule: None,
+            detail: None,
+            path: None,
+            resolved_path: None,
+        })
+    }
+
+    #[test]
+    fn replay_then_live_without_gap_or_repeat() {
+        let feed = Feed::new();
+        feed.publish(event(1));
+        feed.publish(event(2));
+        let mut subscription = feed.subscribe(Some(Duration::from_secs(60)));
+        feed.publish(event(3));
+        let replayed: Vec<u32> = subscription.replay.iter().map(|e| e.pid).collect();
+        assert_eq!(replayed, [1, 2]);
+        assert!(!subscription.replay_incomplete);
+        assert_eq!(subscription.live.try_recv().map(|e| e.pid).ok(), Some(3));
+        assert!(subscription.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn no_since_means_live_only() {
+        let feed = Feed::new();
+        feed.publish(event(1));
+        let subscription = feed.subscribe(None);
+        assert!(subscription.replay.is_empty());
+    }
+
+    #[test]
+    fn overflow_marks_the_replay_incomplete() {
+        let feed = Feed::new();
+        for pid in 0..(RECENT_CAPACITY as u32 + 10) {
+            feed.publish(event(pid));
+        }
+        let subscription = feed.subscribe(Some(Duration::from_secs(60)));
+        assert_eq!(subscription.replay.len(), RECENT_CAPACITY);
+        assert_eq!(subscription.replay.first().map(|e| e.pid), Some(10));
+        assert!(subscription.replay_incomplete);
+    }
+}
