@@ -124,6 +124,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     });
     let status_snapshot = Arc::new(RwLock::new(Status {
         node: node.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: reader::now_rfc3339(),
         attach_cgroup: attach.display().to_string(),
         backends: backends.clone(),
         ..Status::default()
@@ -133,6 +135,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         identities: Arc::clone(&identities),
         backends: backends.clone(),
         status: Arc::clone(&status_snapshot),
+        started_unix_seconds: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0),
     });
     let metrics_listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
@@ -147,8 +153,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let status_fn: api::StatusFn = {
         let snapshot = Arc::clone(&status_snapshot);
         let kernel = Arc::clone(&kernel);
+        let started = Instant::now();
         Arc::new(move || {
             let mut status = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            status.uptime_seconds = started.elapsed().as_secs();
             let kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
             status::read_kernel(&kernel, &mut status);
             status
@@ -323,6 +331,7 @@ impl LoopState {
                     error!(error = %error, "invalid policy; the previous policy set stays in force");
                 }
                 let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+                status.policy_reload_failures += 1;
                 status.policy_error = Some(
                     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
                 );
@@ -695,6 +704,7 @@ impl LoopState {
                 source: slotted.policy.source.display().to_string(),
                 mode: format!("{:?}", slotted.policy.mode).to_lowercase(),
                 slot: slotted.slot,
+                hash: slotted.policy.content_hash(),
             })
             .collect();
         let mut workloads: Vec<WorkloadStatus> = self

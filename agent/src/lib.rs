@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mountns;
 pub mod policy;
 pub mod probe;
+pub mod process_stats;
 pub mod reader;
 pub mod readonly;
 pub mod status;

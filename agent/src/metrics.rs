@@ -23,6 +23,8 @@ pub struct MetricsState {
     pub identities: Arc<RwLock<Identities>>,
     pub backends: Vec<Choice>,
     pub status: Arc<RwLock<crate::status::Status>>,
+    /// When the agent started, in seconds since the Unix epoch.
+    pub started_unix_seconds: u64,
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
@@ -110,7 +112,11 @@ fn render(state: &MetricsState) -> String {
         false,
     );
     write_backends(&mut out, &state.backends);
-    write_workloads(&mut out, &state.status.read().unwrap_or_else(|e| e.into_inner()));
+    let status = state.status.read().unwrap_or_else(|e| e.into_inner());
+    write_workloads(&mut out, &status);
+    write_policies(&mut out, &status);
+    drop(status);
+    write_agent(&mut out, state);
     let _ = writeln!(
         out,
         "# HELP parapet_events_lost_total Event records the kernel could not hand to the agent, and decisions it could not count, by reason."
@@ -211,6 +217,57 @@ fn write_workloads(out: &mut String, status: &crate::status::Status) {
         "parapet_workloads_not_enforced{{promise=\"filesystem\"}} {}",
         read_only - read_only_enforced
     );
+}
+
+/// Writes the loaded policies, with their content hashes, and the count of
+/// rejected reloads.
+fn write_policies(out: &mut String, status: &crate::status::Status) {
+    let _ = writeln!(out, "# HELP parapet_policy_info Loaded policies: 1 per policy, with its mode and content hash.");
+    let _ = writeln!(out, "# TYPE parapet_policy_info gauge");
+    for policy in &status.policies {
+        let _ = writeln!(
+            out,
+            "parapet_policy_info{{policy=\"{}\",mode=\"{}\",hash=\"{}\"}} 1",
+            escape(&policy.name),
+            escape(&policy.mode),
+            escape(&policy.hash)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parapet_policy_reload_failures_total Policy changes rejected as invalid; the previous policies stayed in force."
+    );
+    let _ = writeln!(out, "# TYPE parapet_policy_reload_failures_total counter");
+    let _ = writeln!(out, "parapet_policy_reload_failures_total {}", status.policy_reload_failures);
+    let _ = writeln!(
+        out,
+        "# HELP parapet_policy_reload_failed 1 while the last policy change is rejected and older policies are in force."
+    );
+    let _ = writeln!(out, "# TYPE parapet_policy_reload_failed gauge");
+    let _ = writeln!(out, "parapet_policy_reload_failed {}", u8::from(status.policy_error.is_some()));
+}
+
+/// Writes the agent's build and its own CPU time, memory and descriptors.
+fn write_agent(out: &mut String, state: &MetricsState) {
+    let stats = crate::process_stats::read();
+    let _ = writeln!(out, "# HELP parapet_build_info The agent's version: always 1.");
+    let _ = writeln!(out, "# TYPE parapet_build_info gauge");
+    let _ = writeln!(out, "parapet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "# HELP process_cpu_seconds_total User and system CPU time of the agent, in seconds.");
+    let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+    let _ = writeln!(out, "process_cpu_seconds_total {}", stats.cpu_seconds);
+    let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory of the agent, in bytes.");
+    let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+    let _ = writeln!(out, "process_resident_memory_bytes {}", stats.resident_bytes);
+    let _ = writeln!(out, "# HELP process_virtual_memory_bytes Virtual memory of the agent, in bytes.");
+    let _ = writeln!(out, "# TYPE process_virtual_memory_bytes gauge");
+    let _ = writeln!(out, "process_virtual_memory_bytes {}", stats.virtual_bytes);
+    let _ = writeln!(out, "# HELP process_open_fds Open file descriptors of the agent.");
+    let _ = writeln!(out, "# TYPE process_open_fds gauge");
+    let _ = writeln!(out, "process_open_fds {}", stats.open_fds);
+    let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the agent, in seconds since the Unix epoch.");
+    let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
+    let _ = writeln!(out, "process_start_time_seconds {}", state.started_unix_seconds);
 }
 
 /// Escapes a label value as the text format requires.

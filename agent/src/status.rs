@@ -10,6 +10,25 @@ use crate::kernel::Kernel;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
+    /// The agent's version.
+    #[serde(default)]
+    pub version: String,
+    /// RFC 3339 time the agent started.
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// Policy reloads rejected since the agent started.
+    #[serde(default)]
+    pub policy_reload_failures: u64,
+    /// Violations counted by the kernel for the workloads it still knows:
+    /// refused and audit-mode decisions of every kind.
+    #[serde(default)]
+    pub violations: u64,
+    /// Records the kernel could not hand to the agent, and decisions it
+    /// could not count.
+    #[serde(default)]
+    pub lost: Lost,
     /// The cgroup the kernel programs are attached to.
     pub attach_cgroup: String,
     /// The backend in use per promise, and why it was chosen.
@@ -39,12 +58,22 @@ pub struct ReadOnlyStatus {
     pub released: bool,
 }
 
+/// Records and decisions lost between kernel and agent, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    pub ring_buffer_full: u64,
+    pub counter_map_full: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyStatus {
     pub name: String,
     pub source: String,
     pub mode: String,
     pub slot: u32,
+    /// `Policy::content_hash`.
+    #[serde(default)]
+    pub hash: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +91,25 @@ pub struct WorkloadStatus {
 
 /// Fills in the kernel-side fields of `status` from the maps.
 pub fn read_kernel(kernel: &Kernel, status: &mut Status) {
+    use parapet_common::{Verdict, loss};
+    status.violations = kernel
+        .decision_counters
+        .iter()
+        .flatten()
+        .filter(|(key, _)| key.verdict != Verdict::Allow as u32)
+        .map(|(_, per_cpu)| per_cpu.iter().sum::<u64>())
+        .sum();
+    let lost = |reason: u32| {
+        kernel
+            .losses
+            .get(&reason, 0)
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .unwrap_or(0)
+    };
+    status.lost = Lost {
+        ring_buffer_full: lost(loss::RING_FULL),
+        counter_map_full: lost(loss::COUNTERS_FULL),
+    };
     status.kernel_policed_cgroups = kernel.cgroup_policies.keys().flatten().collect();
     status.kernel_counter_cgroups = kernel
         .decision_counters
@@ -76,6 +124,15 @@ pub fn render_text(status: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "node:           {}", status.node);
+    let _ = writeln!(out, "version:        {}", status.version);
+    let _ = writeln!(out, "started:        {} (up {} s)", status.started_at, status.uptime_seconds);
+    let _ = writeln!(out, "violations:     {}", status.violations);
+    let _ = writeln!(
+        out,
+        "lost:           {} records (ring buffer full), {} decisions uncounted (counter map full)",
+        status.lost.ring_buffer_full, status.lost.counter_map_full
+    );
+    let _ = writeln!(out, "reload errors:  {}", status.policy_reload_failures);
     let _ = writeln!(out, "attached to:    {}", status.attach_cgroup);
     for choice in &status.backends {
         let _ = writeln!(
@@ -94,7 +151,11 @@ pub fn render_text(status: &Status) -> String {
     }
     let _ = writeln!(out, "policies:       {}", status.policies.len());
     for policy in &status.policies {
-        let _ = writeln!(out, "  {} ({}, slot {}) from {}", policy.name, policy.mode, policy.slot, policy.source);
+        let _ = writeln!(
+            out,
+            "  {} ({}, slot {}, hash {}) from {}",
+            policy.name, policy.mode, policy.slot, policy.hash, policy.source
+        );
     }
     let _ = writeln!(out, "workloads:      {}", status.workloads.len());
     for workload in &status.workloads {

@@ -291,6 +291,8 @@ async fn invalid_policy_change_keeps_the_previous_policy() -> Result<()> {
     let mut agent = Agent::start(&scene.containerd, &[("client.yaml", &client_policy("enforce", scene.server.ip))])?;
     agent.wait_ready()?;
     agent.wait_enforced(&scene.client.container_id)?;
+    let first_hash = policy_hash(&agent).await?;
+    assert_eq!(first_hash.len(), 16, "{first_hash}");
 
     let misspelled = client_policy("enforce", scene.server.ip).replace("egress:", "egres:");
     let bad_cidr = client_policy("enforce", scene.server.ip).replace(&format!("address: {server}"), "cidr: 10.0.0.300/8");
@@ -309,6 +311,19 @@ async fn invalid_policy_change_keeps_the_previous_policy() -> Result<()> {
         assert!(is_eperm(&denied), "after an invalid change to {expected:?}: {denied}");
         assert_eq!(probe(&scene.client, &["connect", "tcp", &server, "8080"]).await?, "ok");
     }
+    // The log line of the last change can match an earlier one, so wait
+    // for the count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = agent.metrics()?;
+    while metric_value(&metrics, "parapet_policy_reload_failures_total", &[]) != Some(3.0) {
+        assert!(std::time::Instant::now() < deadline, "three rejected changes expected: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = agent.metrics()?;
+    }
+    assert_eq!(metric_value(&metrics, "parapet_policy_reload_failed", &[]), Some(1.0), "{metrics}");
+    let loaded = [("policy", "client-egress"), ("mode", "enforce"), ("hash", first_hash.as_str())];
+    assert_eq!(metric_value(&metrics, "parapet_policy_info", &loaded), Some(1.0), "{metrics}");
+    assert_eq!(agent.status().await?.policy_reload_failures, 3);
 
     // A valid change takes effect: audit mode lets the connect through.
     agent.write_policy("client.yaml", &client_policy("audit", scene.server.ip))?;
@@ -322,10 +337,25 @@ async fn invalid_policy_change_keeps_the_previous_policy() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(agent.status().await?.policy_error, None);
+    let second_hash = policy_hash(&agent).await?;
+    assert_ne!(second_hash, first_hash, "the mode changed");
+    let metrics = agent.metrics()?;
+    assert_eq!(metric_value(&metrics, "parapet_policy_reload_failed", &[]), Some(0.0), "{metrics}");
+    let loaded = [("policy", "client-egress"), ("mode", "audit"), ("hash", second_hash.as_str())];
+    assert_eq!(metric_value(&metrics, "parapet_policy_info", &loaded), Some(1.0), "{metrics}");
+    assert!(metric_value(&metrics, "process_resident_memory_bytes", &[]).is_some_and(|bytes| bytes > 1e6));
+    assert!(metric_value(&metrics, "process_cpu_seconds_total", &[]).is_some_and(|seconds| seconds > 0.0));
+    assert!(metrics.contains("parapet_build_info{version=\""), "{metrics}");
 
     agent.stop()?;
     scene.containerd.cleanup().await?;
     Ok(())
+}
+
+async fn policy_hash(agent: &Agent) -> Result<String> {
+    let status = agent.status().await?;
+    let policy = status.policies.iter().find(|policy| policy.name == "client-egress");
+    Ok(policy.map(|policy| policy.hash.clone()).unwrap_or_default())
 }
 
 /// The agent itself rejects the root of the cgroup v2 hierarchy as its

@@ -32,6 +32,22 @@ pub struct Policy {
     pub network: Option<NetworkPolicy>,
 }
 
+impl Policy {
+    /// Returns a short hash of what the policy says, in hex: its name,
+    /// selector, mode and rules, as this agent parsed them. Layout,
+    /// comments and the file it came from do not change it, so nodes that
+    /// run the same policy show the same hash.
+    pub fn content_hash(&self) -> String {
+        use sha2::Digest as _;
+        let content = format!(
+            "{:?}",
+            (&self.name, &self.selector, self.mode, &self.filesystem, &self.exec, &self.network)
+        );
+        let digest = sha2::Sha256::digest(content.as_bytes());
+        digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
 /// The workloads a policy applies to: `spec.selector`.
 ///
 /// Policies read from files always set `namespace` or a non-empty
