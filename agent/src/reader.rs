@@ -25,6 +25,9 @@ pub struct Namer {
     pub identities: Arc<RwLock<Identities>>,
 }
 
+/// Records read before the reader lets other tasks run.
+const BATCH: usize = 1024;
+
 /// Reads records until the ring buffer fails, which only happens when its
 /// file descriptor does.
 pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> std::io::Result<()> {
@@ -37,7 +40,13 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
         let mut guard = ring.readable_mut().await?;
         let clock = Clock::now();
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        let mut drained = true;
+        for _ in 0..BATCH {
+            let Some(item) = ring.next() else {
+                drained = true;
+                break;
+            };
+            drained = false;
             let record = match event::decode(&item) {
                 Ok(record) => record,
                 Err(error) => {
@@ -54,7 +63,14 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
             // the root), and events must agree with the kernel's counters.
             sink.emit(namer.name(&record, &clock));
         }
-        guard.clear_ready();
+        if drained {
+            guard.clear_ready();
+        } else {
+            // Under a flood the buffer never empties: let the metrics
+            // server and API clients run between batches.
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
     }
 }
 

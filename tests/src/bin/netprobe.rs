@@ -5,6 +5,7 @@
 //! netprobe send udp ADDR PORT          one sendto() on an unconnected socket
 //! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
 //! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
+//! netprobe flood udp ADDR PORT COUNT   COUNT sendto() calls as fast as it can; prints the outcomes
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
@@ -26,7 +27,8 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe send udp ADDR PORT\n       \
                      netprobe listen tcp|udp PORT\n       \
                      netprobe socket udplite|raw|packet|inet-packet\n       \
-                     netprobe fchmod|fsetxattr PATH";
+                     netprobe fchmod|fsetxattr PATH\n       \
+                     netprobe flood udp ADDR PORT COUNT";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
+        Ok(Command::Flood(target, count)) => flood(target, count),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -58,6 +61,8 @@ enum Command {
     Socket(i32, i32, i32),
     /// A change made through a read-only descriptor of the path.
     Descriptor(DescriptorCall, String),
+    /// Many datagrams to one peer, from one socket.
+    Flood(SocketAddr, u64),
 }
 
 #[derive(Clone, Copy)]
@@ -89,6 +94,10 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         )),
         ["fchmod", path] => Ok(Command::Descriptor(DescriptorCall::Fchmod, (*path).to_owned())),
         ["fsetxattr", path] => Ok(Command::Descriptor(DescriptorCall::Fsetxattr, (*path).to_owned())),
+        ["flood", "udp", addr, port, count] => Ok(Command::Flood(
+            parse_target(addr, port)?,
+            count.parse().map_err(|_| format!("invalid count {count:?}"))?,
+        )),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
@@ -130,6 +139,28 @@ fn change_through_descriptor(call: DescriptorCall, path: String) -> io::Result<(
     std::thread::sleep(Duration::from_millis(500));
     drop(file);
     result
+}
+
+/// Sends `count` datagrams to `target` and prints `sent=N denied=N other=N
+/// seconds=S`: how many calls succeeded, failed with EPERM, or failed
+/// otherwise, and how long they took.
+fn flood(target: SocketAddr, count: u64) -> ExitCode {
+    let socket = match UdpSocket::bind(unspecified_for(target)) {
+        Ok(socket) => socket,
+        Err(error) => return report(Err(error)),
+    };
+    let (mut sent, mut denied, mut other) = (0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
+    for _ in 0..count {
+        match socket.send_to(PAYLOAD, target) {
+            Ok(_) => sent += 1,
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => denied += 1,
+            Err(_) => other += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("sent={sent} denied={denied} other={other} seconds={seconds:.3}");
+    ExitCode::SUCCESS
 }
 
 fn report(result: io::Result<()>) -> ExitCode {
