@@ -1,0 +1,270 @@
+//! `cargo xtask vm-test`: runs end-to-end tests inside QEMU guests that
+//! boot stock Debian cloud kernels with BPF LSM active, which the host
+//! kernel may lack.
+//!
+//! Each guest boots from an initramfs that holds the agent, the test
+//! binaries, containerd, runc and the CNI plugins at their host paths, so
+//! the containerd harness of the test crate runs unchanged inside it.
+//! `/init` checks `/sys/kernel/security/lsm` for `bpf` before any test.
+
+mod cpio;
+mod guest;
+mod init;
+mod initramfs;
+mod kernels;
+mod report;
+mod tree;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use self::{
+    init::{InitConfig, TestBinary},
+    report::{KernelReport, Outcome},
+};
+use crate::test::workspace_root;
+
+/// Cargo names of the test targets in `tests/tests` that run in the guest.
+/// Each must build with `cargo test --release`, and runs as root with the
+/// environment the host harness gives it (see `/init` in `init.rs`).
+const GUEST_TESTS: [&str; 2] = ["backends", "harness_smoke"];
+
+/// Time one test may run in the guest before it is killed and failed.
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time after which the guest powers itself off, whatever still runs.
+const WATCHDOG: Duration = Duration::from_secs(40 * 60);
+/// Time the host waits beyond the watchdog (boot and power-off) before it
+/// kills QEMU.
+const HOST_GRACE: Duration = Duration::from_secs(120);
+
+pub fn run(filters: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let cache = root.join("target/vm");
+    let mut timings = Vec::new();
+
+    let started = Instant::now();
+    let kernels = kernels::SERIES
+        .iter()
+        .map(|series| kernels::fetch(series, &cache.join("kernels")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    timings.push(("kernel download".to_string(), started.elapsed()));
+
+    let started = Instant::now();
+    let build = build(&root)?;
+    timings.push(("cargo build".to_string(), started.elapsed()));
+
+    let started = Instant::now();
+    let base = initramfs::base(&cache)?;
+    let per_build = cache.join("build.cpio.gz");
+    let script = init::script(&InitConfig {
+        agent: &build.agent.to_string_lossy(),
+        binaries: &build.tests,
+        filters,
+        test_timeout: TEST_TIMEOUT,
+        watchdog: WATCHDOG,
+    });
+    let mut programs = build.programs.clone();
+    programs.extend(build.tests.iter().map(|test| test.path.clone()));
+    initramfs::build(&script, &programs, &per_build)?;
+    let mut initrds = Vec::new();
+    for kernel in &kernels {
+        let modules = initramfs::modules(kernel, &cache)?;
+        let initrd = cache.join(format!("initrd-{}.cpio.gz", kernel.release));
+        initramfs::join(&[base.clone(), modules, per_build.clone()], &initrd)?;
+        initrds.push(initrd);
+    }
+    timings.push(("initramfs".to_string(), started.elapsed()));
+
+    let mut reports = Vec::new();
+    for (kernel, initrd) in kernels.iter().zip(&initrds) {
+        eprintln!("vm-test: booting {} ({})", kernel.release, kernel.package);
+        let log = cache.join(format!("console-{}.log", kernel.release));
+        let boot = guest::boot(
+            &kernel.vmlinuz,
+            initrd,
+            &log,
+            kernel.series,
+            WATCHDOG + HOST_GRACE,
+        )?;
+        let mut report = KernelReport::parse(&boot.console);
+        if boot.killed {
+            report
+                .errors
+                .push(format!("QEMU was killed after {:?}", boot.elapsed));
+        }
+        timings.push((format!("{} in QEMU", kernel.series), boot.elapsed));
+        reports.push((kernel, report, log));
+    }
+
+    print_results(&reports, &timings);
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|(_, report, _)| !report.succeeded())
+        .map(|(kernel, _, _)| kernel.series)
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm tests failed on kernel {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The programs the guest needs from this build.
+struct Build {
+    agent: PathBuf,
+    /// Every binary target of the workspace (the agent, `netprobe`).
+    programs: Vec<PathBuf>,
+    tests: Vec<TestBinary>,
+}
+
+/// Builds the release binaries and test binaries, and reads their paths
+/// from cargo's JSON messages.
+fn build(root: &Path) -> anyhow::Result<Build> {
+    let mut programs = Vec::new();
+    for artifact in cargo_artifacts(root, &["build", "--release", "--bins"])? {
+        if artifact.kind == "bin" && !artifact.test {
+            programs.push(artifact.executable);
+        }
+    }
+    let agent = programs
+        .iter()
+        .find(|path| path.file_name().is_some_and(|name| name == "parapet"))
+        .cloned()
+        .context("cargo build --release --bins built no parapet binary")?;
+    let mut tests = Vec::new();
+    for artifact in cargo_artifacts(root, &["test", "--release", "--no-run"])? {
+        if artifact.kind == "test" && GUEST_TESTS.contains(&artifact.name.as_str()) {
+            tests.push(TestBinary {
+                name: artifact.name,
+                path: artifact.executable,
+            });
+        }
+    }
+    for name in GUEST_TESTS {
+        if !tests.iter().any(|test| test.name == name) {
+            bail!("cargo test --release --no-run built no test target named {name}");
+        }
+    }
+    tests.sort_by_key(|test| GUEST_TESTS.iter().position(|name| *name == test.name));
+    Ok(Build {
+        agent,
+        programs,
+        tests,
+    })
+}
+
+struct Artifact {
+    name: String,
+    /// The target's first kind: `bin`, `test`, `lib`.
+    kind: String,
+    /// Whether it was built with the test harness.
+    test: bool,
+    executable: PathBuf,
+}
+
+/// Runs cargo with `args` and returns the executables it reports.
+fn cargo_artifacts(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Artifact>> {
+    let output = Command::new("cargo")
+        .current_dir(root)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run cargo {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!("cargo {} failed: {}", args.join(" "), output.status);
+    }
+    let mut artifacts = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(executable) = message["executable"].as_str() else {
+            continue;
+        };
+        artifacts.push(Artifact {
+            name: message["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            kind: message["target"]["kind"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            test: message["profile"]["test"].as_bool().unwrap_or(false),
+            executable: PathBuf::from(executable),
+        });
+    }
+    Ok(artifacts)
+}
+
+fn print_results(
+    reports: &[(&kernels::Kernel, KernelReport, PathBuf)],
+    timings: &[(String, Duration)],
+) {
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    println!();
+    for (kernel, report, log) in reports {
+        let release = report
+            .release
+            .as_deref()
+            .unwrap_or("did not report its release");
+        println!(
+            "vm-test: kernel {} [{release}], console log {}",
+            kernel.series,
+            log.display()
+        );
+        println!(
+            "  active LSMs: {}",
+            report.lsm.as_deref().unwrap_or("not reported")
+        );
+        if !report.bpf_active() {
+            println!(
+                "  ERROR: bpf is not an active LSM; nothing this kernel ran proves enforcement"
+            );
+        }
+        for error in &report.errors {
+            println!("  ERROR: {error}");
+        }
+        if !report.finished {
+            println!("  ERROR: the guest did not reach the end of /init");
+        }
+        for test in &report.tests {
+            let seconds = test
+                .seconds
+                .map(|s| format!(" ({s:.1} s)"))
+                .unwrap_or_default();
+            let name = format!("{}::{}", test.binary, test.name);
+            match &test.outcome {
+                Outcome::Passed => println!("  passed  {name}{seconds}"),
+                Outcome::Failed(reason) => println!("  FAILED  {name}{seconds}: {reason}"),
+                Outcome::Skipped(reason) => println!("  skipped {name}: {reason}"),
+            }
+        }
+        if let (Some(start), Some(end)) = (report.tests_started, report.tests_ended) {
+            println!(
+                "  boot {start:.1} s, tests {:.1} s (guest clock)",
+                end - start
+            );
+        }
+        passed += report.count(|outcome| matches!(outcome, Outcome::Passed));
+        failed += report.count(|outcome| matches!(outcome, Outcome::Failed(_)));
+        skipped += report.count(|outcome| matches!(outcome, Outcome::Skipped(_)));
+    }
+    let timings: Vec<String> = timings
+        .iter()
+        .map(|(phase, elapsed)| format!("{phase} {:.1} s", elapsed.as_secs_f64()))
+        .collect();
+    println!("vm-test: timings: {}", timings.join(", "));
+    println!(
+        "summary: {passed} passed, {failed} failed, {skipped} skipped on {} kernels",
+        reports.len()
+    );
+}
