@@ -27,6 +27,10 @@ enum Command {
     /// Set up, build, and run the end-to-end tests that need BPF LSM inside
     /// QEMU guests booting Debian's 6.1 and 6.12 cloud kernels (needs root).
     VmTest {
+        /// Kernel series to boot (`6.1`, `6.12`); repeat for several.
+        /// Default: every series.
+        #[arg(long = "kernel", value_name = "SERIES")]
+        kernels: Vec<String>,
         /// Test name filters, matched as `cargo test` matches them.
         #[arg(last = true)]
         filters: Vec<String>,
@@ -44,9 +48,9 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test::run(&test_args)
         }
-        Command::VmTest { filters } => {
+        Command::VmTest { kernels, filters } => {
             setup::run()?;
-            vm::run(&filters)
+            vm::run(&kernels, &filters)
         }
         Command::Demo => {
             setup::run()?;
