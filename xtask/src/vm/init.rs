@@ -17,7 +17,7 @@ pub struct TestBinary {
     pub path: PathBuf,
 }
 
-/// What the generated `/init` runs and how long it may take.
+/// Contents and time limits of the generated `/init`.
 pub struct InitConfig<'a> {
     pub agent: &'a str,
     pub binaries: &'a [TestBinary],

@@ -1,8 +1,8 @@
 //! The guest's initramfs, as three gzip'd `newc` archives that the kernel
-//! unpacks one after the other: a base with the host programs the tests
-//! run (cached until one of those files changes), the kernel modules of one
-//! kernel (cached with the kernel), and a small per-build archive with
-//! `/init`, the agent and the test binaries.
+//! unpacks one after the other. The base contains the host programs the
+//! tests run and is cached until one of those files changes. The second
+//! contains one kernel's modules and is cached with the kernel. The small
+//! per-build archive contains `/init`, the agent and the test binaries.
 
 use std::{
     fs,
@@ -30,7 +30,7 @@ const HOST_PROGRAMS: [&str; 7] = [
     "/bin/bash",
 ];
 
-/// Where Debian's containernetworking-plugins package installs the plugins.
+/// Folder of the CNI plugins from Debian's containernetworking-plugins package.
 const CNI_PLUGINS: &str = "/usr/lib/cni";
 
 /// Modules that pods need (the CNI bridge, veth pairs and containerd's

@@ -51,7 +51,7 @@ pub struct Kernel {
 /// Marks a completely unpacked package in the cache.
 const UNPACKED_MARKER: &str = ".unpacked";
 
-/// Returns the newest kernel of `series` that apt knows, downloading and
+/// Returns the newest kernel of `series` in the apt lists, downloading and
 /// unpacking it into `cache` unless an earlier run did.
 pub fn fetch(series: &Series, cache: &Path) -> anyhow::Result<Kernel> {
     let mut package = newest_package(series)?;

@@ -2,7 +2,7 @@
 //! boot stock Debian cloud kernels with BPF LSM active, which the host
 //! kernel may lack.
 //!
-//! Each guest boots from an initramfs that holds the agent, the test
+//! Each guest boots from an initramfs that contains the agent, the test
 //! binaries, containerd, runc and the CNI plugins at their host paths, so
 //! the containerd harness of the test crate runs unchanged inside it.
 //! `/init` checks `/sys/kernel/security/lsm` for `bpf` before any test.

@@ -99,8 +99,8 @@ impl KernelReport {
             .count()
     }
 
-    /// Whether the run proves something: `bpf` active, no fatal error, the
-    /// end reached, and no test failed.
+    /// Returns whether the run counts as a success: `bpf` active, no fatal
+    /// error, the end of `/init` reached, and no test failed.
     pub fn succeeded(&self) -> bool {
         self.bpf_active()
             && self.finished

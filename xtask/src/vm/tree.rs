@@ -1,9 +1,9 @@
 //! The contents of one initramfs archive, keyed by path in the guest.
 //!
-//! Host files keep their host paths. Where a directory on the way is a
-//! symlink on the host (`/bin` to `usr/bin` on a merged-`/usr` Debian), the
-//! archive gets the same symlink and the file goes to the resolved path,
-//! so that every path valid on the host is valid in the guest too.
+//! Host files keep their host paths. A directory on the way may be a
+//! symlink on the host, such as `/bin` to `usr/bin` on a merged-`/usr`
+//! Debian. The archive then gets the same symlink, and the file goes to
+//! the resolved path, so every path valid on the host is valid in the guest.
 
 use std::{
     collections::BTreeMap,
