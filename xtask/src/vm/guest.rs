@@ -38,6 +38,10 @@ pub fn boot(
 ) -> anyhow::Result<Boot> {
     let _ = fs::remove_file(log);
     let started = Instant::now();
+    // `-cpu max` offers the guest every CPU feature that QEMU emulates,
+    // RDRAND among them, which both kernels trust to seed their random
+    // number generator at boot. `-monitor none` keeps QEMU's monitor off
+    // stdio, since the serial console goes to `log`.
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
         .args([

@@ -22,6 +22,16 @@ pub struct Series {
     suffix: &'static str,
 }
 
+impl Series {
+    /// Returns the number in `package` if it names a package of this series.
+    fn number_in(&self, package: &str) -> Option<u32> {
+        let number = package
+            .strip_prefix(self.prefix)?
+            .strip_suffix(self.suffix)?;
+        number.parse().ok()
+    }
+}
+
 /// Debian 12 carries 6.1 in its main archive and in bookworm-security, and
 /// the 6.12 backport only in bookworm-security.
 pub const SERIES: [Series; 2] = [
@@ -70,8 +80,21 @@ pub fn fetch(series: &Series, cache: &Path) -> anyhow::Result<Kernel> {
         }
         unpack(&package, cache, &dir)?;
         fs::write(dir.join(UNPACKED_MARKER), "")?;
+        remove_older(series, &package, cache)?;
     }
     kernel_in(series, package, &dir)
+}
+
+/// Removes the cached packages of `series` other than `current`.
+fn remove_older(series: &Series, current: &str, cache: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != current && series.number_in(&name).is_some() {
+            eprintln!("vm-test: removing the older {name} from the cache");
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Finds the package of `series` with the highest number in its name.
@@ -94,12 +117,7 @@ fn newest_package(series: &Series) -> anyhow::Result<String> {
     let newest = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| {
-            let number = name
-                .strip_prefix(series.prefix)?
-                .strip_suffix(series.suffix)?;
-            Some((number.parse::<u32>().ok()?, name.to_string()))
-        })
+        .filter_map(|name| Some((series.number_in(name)?, name.to_string())))
         .max();
     match newest {
         Some((_, name)) => Ok(name),

@@ -41,7 +41,9 @@ const AGENT_WAIT: Duration = Duration::from_secs(120);
 /// Time one test may run in the guest before it is killed and failed.
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time after which the guest powers itself off, whatever still runs.
-const WATCHDOG: Duration = Duration::from_secs(40 * 60);
+/// Two kernels at this limit, plus the host's grace, still fit a 90-minute
+/// CI job together with the host tests.
+const WATCHDOG: Duration = Duration::from_secs(25 * 60);
 /// Time the host waits beyond the watchdog (boot and power-off) before it
 /// kills QEMU.
 const HOST_GRACE: Duration = Duration::from_secs(120);
@@ -133,7 +135,8 @@ pub fn run(selected: &[String], filters: &[String]) -> anyhow::Result<()> {
 /// The programs the guest needs from this build.
 struct Build {
     agent: PathBuf,
-    /// Every binary target of the workspace (the agent, `netprobe`).
+    /// Every binary target of the workspace but xtask: the agent,
+    /// `netprobe` and any other helper the tests run.
     programs: Vec<PathBuf>,
     tests: Vec<TestBinary>,
 }
@@ -143,7 +146,7 @@ struct Build {
 fn build(root: &Path) -> anyhow::Result<Build> {
     let mut programs = Vec::new();
     for artifact in cargo_artifacts(root, &["build", "--release", "--bins"])? {
-        if artifact.kind == "bin" && !artifact.test {
+        if artifact.kind == "bin" && !artifact.test && artifact.name != "xtask" {
             programs.push(artifact.executable);
         }
     }
@@ -264,6 +267,9 @@ fn print_results(
                 Outcome::Failed(reason) => println!("  FAILED  {name}{seconds}: {reason}"),
                 Outcome::Skipped(reason) => println!("  skipped {name}: {reason}"),
             }
+        }
+        if report.tests.is_empty() {
+            println!("  no test matched; check the filter and GUEST_TESTS");
         }
         if let (Some(start), Some(end)) = (report.tests_started, report.tests_ended) {
             println!(
