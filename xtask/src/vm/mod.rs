@@ -7,6 +7,7 @@
 //! the containerd harness of the test crate runs unchanged inside it.
 //! `/init` checks `/sys/kernel/security/lsm` for `bpf` before any test.
 
+mod cargo;
 mod cpio;
 mod guest;
 mod init;
@@ -16,15 +17,14 @@ mod report;
 mod tree;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use self::{
-    init::{InitConfig, TestBinary},
+    init::InitConfig,
     report::{KernelReport, Outcome},
 };
 use crate::test::workspace_root;
@@ -40,7 +40,7 @@ const GUEST_TESTS: [&str; 2] = ["backends", "harness_smoke"];
 
 /// Time the harness of the test crate waits for the agent's log lines and
 /// events in the guest (`PARAPET_TEST_WAIT_SECONDS`). Starting the agent
-/// took about 20 s under emulation on 6.12, against 20 s by default.
+/// took about 20 s under emulation on 6.12, all of the harness's default.
 const AGENT_WAIT: Duration = Duration::from_secs(120);
 /// Time one test may run in the guest before it is killed and failed.
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -77,7 +77,7 @@ pub fn run(selected: &[String], filters: &[String]) -> anyhow::Result<()> {
     timings.push(("kernel download".to_string(), started.elapsed()));
 
     let started = Instant::now();
-    let build = build(&root)?;
+    let build = cargo::build(&root, &GUEST_TESTS)?;
     timings.push(("cargo build".to_string(), started.elapsed()));
 
     let started = Instant::now();
@@ -134,99 +134,6 @@ pub fn run(selected: &[String], filters: &[String]) -> anyhow::Result<()> {
         bail!("vm tests failed on kernel {}", failed.join(", "));
     }
     Ok(())
-}
-
-/// The programs the guest needs from this build.
-struct Build {
-    agent: PathBuf,
-    /// Every binary target of the workspace but xtask: the agent,
-    /// `netprobe` and any other helper the tests run.
-    programs: Vec<PathBuf>,
-    tests: Vec<TestBinary>,
-}
-
-/// Builds the release binaries and test binaries, and reads their paths
-/// from cargo's JSON messages.
-fn build(root: &Path) -> anyhow::Result<Build> {
-    let mut programs = Vec::new();
-    for artifact in cargo_artifacts(root, &["build", "--release", "--bins"])? {
-        if artifact.kind == "bin" && !artifact.test && artifact.name != "xtask" {
-            programs.push(artifact.executable);
-        }
-    }
-    let agent = programs
-        .iter()
-        .find(|path| path.file_name().is_some_and(|name| name == "parapet"))
-        .cloned()
-        .context("cargo build --release --bins built no parapet binary")?;
-    let mut tests = Vec::new();
-    for artifact in cargo_artifacts(root, &["test", "--release", "--no-run"])? {
-        if artifact.kind == "test" && GUEST_TESTS.contains(&artifact.name.as_str()) {
-            tests.push(TestBinary {
-                name: artifact.name,
-                path: artifact.executable,
-            });
-        }
-    }
-    for name in GUEST_TESTS {
-        if !tests.iter().any(|test| test.name == name) {
-            bail!("cargo test --release --no-run built no test target named {name}");
-        }
-    }
-    tests.sort_by_key(|test| GUEST_TESTS.iter().position(|name| *name == test.name));
-    Ok(Build {
-        agent,
-        programs,
-        tests,
-    })
-}
-
-struct Artifact {
-    name: String,
-    /// The target's first kind: `bin`, `test`, `lib`.
-    kind: String,
-    /// Whether it was built with the test harness.
-    test: bool,
-    executable: PathBuf,
-}
-
-/// Runs cargo with `args` and returns the executables it reports.
-fn cargo_artifacts(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Artifact>> {
-    let output = Command::new("cargo")
-        .current_dir(root)
-        .args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("failed to run cargo {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!("cargo {} failed: {}", args.join(" "), output.status);
-    }
-    let mut artifacts = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let Some(executable) = message["executable"].as_str() else {
-            continue;
-        };
-        artifacts.push(Artifact {
-            name: message["target"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            kind: message["target"]["kind"][0]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            test: message["profile"]["test"].as_bool().unwrap_or(false),
-            executable: PathBuf::from(executable),
-        });
-    }
-    Ok(artifacts)
 }
 
 fn print_results(
