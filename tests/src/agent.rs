@@ -17,8 +17,20 @@ use parapet::{event::Event, status::Status};
 
 use crate::containerd::Containerd;
 
-/// How long `wait_for` helpers wait before they fail.
+/// How long `wait_for` helpers wait before they fail, unless
+/// `PARAPET_TEST_WAIT_SECONDS` is set (see [`wait_limit`]).
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Returns how long `wait_for` helpers wait: `PARAPET_TEST_WAIT_SECONDS`
+/// when set to a whole number, else [`WAIT`]. `cargo xtask vm-test` raises
+/// it, because under QEMU's software emulation the kernel takes about 20 s
+/// to verify the agent's programs.
+pub fn wait_limit() -> Duration {
+    std::env::var("PARAPET_TEST_WAIT_SECONDS")
+        .ok()
+        .and_then(|seconds| seconds.parse().ok())
+        .map_or(WAIT, Duration::from_secs)
+}
 
 /// `--removed-workload-retention` of test agents, short so that tests see
 /// a removed pod's counters go.
@@ -154,9 +166,10 @@ impl Agent {
                 return Ok(());
             }
             self.check_alive()?;
-            if started.elapsed() > WAIT {
+            if started.elapsed() > wait_limit() {
                 bail!(
-                    "agent log has no line with {needles:?} after {WAIT:?}:\n{}",
+                    "agent log has no line with {needles:?} after {:?}:\n{}",
+                    wait_limit(),
                     self.log()
                 );
             }
@@ -177,9 +190,10 @@ impl Agent {
                 return Ok(event);
             }
             self.check_alive()?;
-            if started.elapsed() > WAIT {
+            if started.elapsed() > wait_limit() {
                 bail!(
-                    "no matching event after {WAIT:?}; events: {:#?}",
+                    "no matching event after {:?}; events: {:#?}",
+                    wait_limit(),
                     self.events()?
                 );
             }
@@ -285,7 +299,7 @@ impl Tail {
                     self.output()
                 );
             }
-            if started.elapsed() > WAIT {
+            if started.elapsed() > wait_limit() {
                 bail!(
                     "parapet tail printed no line with {needles:?}:\n{}",
                     self.output()

@@ -1,7 +1,8 @@
-//! Developer and CI tasks: `cargo xtask setup`, `test` and `demo`.
+//! Developer and CI tasks: `cargo xtask setup`, `test`, `vm-test` and `demo`.
 
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,17 @@ enum Command {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Set up, build, and run the end-to-end tests that need BPF LSM inside
+    /// QEMU guests booting Debian's 6.1 and 6.12 cloud kernels (needs root).
+    VmTest {
+        /// Kernel series to boot (`6.1`, `6.12`); repeat for several.
+        /// Default: every series.
+        #[arg(long = "kernel", value_name = "SERIES")]
+        kernels: Vec<String>,
+        /// Test name filters, matched as `cargo test` matches them.
+        #[arg(last = true)]
+        filters: Vec<String>,
+    },
     /// Set up, then show the agent blocking a pod's connection live: starts
     /// containerd and two real pods, runs the agent with an example policy,
     /// and cleans up afterwards (needs root).
@@ -35,6 +47,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test { test_args } => {
             setup::run()?;
             test::run(&test_args)
+        }
+        Command::VmTest { kernels, filters } => {
+            setup::run()?;
+            vm::run(&kernels, &filters)
         }
         Command::Demo => {
             setup::run()?;

@@ -16,7 +16,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "iproute2",
     "protobuf-compiler",
+    "qemu-system-x86",
     "runc",
+    "xz-utils",
 ];
 
 /// The bpf-linker release that links with LLVM 21 to 23; built against the

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::setup::run_command;
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)

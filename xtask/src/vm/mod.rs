@@ -1,0 +1,204 @@
+//! `cargo xtask vm-test`: runs end-to-end tests inside QEMU guests that
+//! boot stock Debian cloud kernels with BPF LSM active, which the host
+//! kernel may lack.
+//!
+//! Each guest boots from an initramfs that contains the agent, the test
+//! binaries, containerd, runc and the CNI plugins at their host paths, so
+//! the containerd harness of the test crate runs unchanged inside it.
+//! `/init` checks `/sys/kernel/security/lsm` for `bpf` before any test.
+
+mod cargo;
+mod cpio;
+mod guest;
+mod init;
+mod initramfs;
+mod kernels;
+mod report;
+mod tree;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+
+use self::{
+    init::InitConfig,
+    report::{KernelReport, Outcome},
+};
+use crate::test::workspace_root;
+
+/// Cargo names of the test targets in `tests/tests` that run in the guest.
+/// Each must build with `cargo test --release`, and runs as root with the
+/// environment the host harness gives it (see `/init` in `init.rs`).
+///
+/// NOTE: a test that starts the agent took 25 to 150 s in the guest (the
+/// exec and read-only tests on 6.12, measured on 2 busy cores), so about a
+/// dozen such tests fill the watchdog below.
+const GUEST_TESTS: [&str; 2] = ["backends", "harness_smoke"];
+
+/// Time the harness of the test crate waits for the agent's log lines and
+/// events in the guest (`PARAPET_TEST_WAIT_SECONDS`). Starting the agent
+/// took about 20 s under emulation on 6.12, all of the harness's default.
+const AGENT_WAIT: Duration = Duration::from_secs(120);
+/// Time one test may run in the guest before it is killed and failed.
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time after which the guest powers itself off, whatever still runs.
+/// Two kernels at this limit, plus the host's grace, still fit a 90-minute
+/// CI job together with the host tests.
+const WATCHDOG: Duration = Duration::from_secs(25 * 60);
+/// Time the host waits beyond the watchdog (boot and power-off) before it
+/// kills QEMU.
+const HOST_GRACE: Duration = Duration::from_secs(120);
+
+/// Runs the guest tests matching `filters` on the kernel series named in
+/// `selected`, or on every series when it is empty.
+pub fn run(selected: &[String], filters: &[String]) -> anyhow::Result<()> {
+    for name in selected {
+        if !kernels::SERIES.iter().any(|series| series.name == name) {
+            let known: Vec<&str> = kernels::SERIES.iter().map(|series| series.name).collect();
+            bail!(
+                "unknown kernel series {name:?}; expected one of {}",
+                known.join(", ")
+            );
+        }
+    }
+    let root = workspace_root();
+    let cache = root.join("target/vm");
+    let mut timings = Vec::new();
+
+    let started = Instant::now();
+    let kernels = kernels::SERIES
+        .iter()
+        .filter(|series| selected.is_empty() || selected.iter().any(|name| name == series.name))
+        .map(|series| kernels::fetch(series, &cache.join("kernels")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    timings.push(("kernel download".to_string(), started.elapsed()));
+
+    let started = Instant::now();
+    let build = cargo::build(&root, &GUEST_TESTS)?;
+    timings.push(("cargo build".to_string(), started.elapsed()));
+
+    let started = Instant::now();
+    let base = initramfs::base(&cache)?;
+    let per_build = cache.join("build.cpio.gz");
+    let script = init::script(&InitConfig {
+        agent: &build.agent.to_string_lossy(),
+        binaries: &build.tests,
+        filters,
+        agent_wait: AGENT_WAIT,
+        test_timeout: TEST_TIMEOUT,
+        watchdog: WATCHDOG,
+    });
+    let mut programs = build.programs.clone();
+    programs.extend(build.tests.iter().map(|test| test.path.clone()));
+    initramfs::build(&script, &programs, &per_build)?;
+    let mut initrds = Vec::new();
+    for kernel in &kernels {
+        let modules = initramfs::modules(kernel, &cache)?;
+        let initrd = cache.join(format!("initrd-{}.cpio.gz", kernel.release));
+        initramfs::join(&[base.clone(), modules, per_build.clone()], &initrd)?;
+        initrds.push(initrd);
+    }
+    timings.push(("initramfs".to_string(), started.elapsed()));
+
+    let mut reports = Vec::new();
+    for (kernel, initrd) in kernels.iter().zip(&initrds) {
+        eprintln!("vm-test: booting {} ({})", kernel.release, kernel.package);
+        let log = cache.join(format!("console-{}.log", kernel.release));
+        let boot = guest::boot(
+            &kernel.vmlinuz,
+            initrd,
+            &log,
+            kernel.series,
+            WATCHDOG + HOST_GRACE,
+        )?;
+        let mut report = KernelReport::parse(&boot.console);
+        if boot.killed {
+            report
+                .errors
+                .push(format!("QEMU was killed after {:?}", boot.elapsed));
+        }
+        timings.push((format!("{} in QEMU", kernel.series), boot.elapsed));
+        reports.push((kernel, report, log));
+    }
+
+    print_results(&reports, &timings);
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|(_, report, _)| !report.succeeded())
+        .map(|(kernel, _, _)| kernel.series)
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm tests failed on kernel {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn print_results(
+    reports: &[(&kernels::Kernel, KernelReport, PathBuf)],
+    timings: &[(String, Duration)],
+) {
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    println!();
+    for (kernel, report, log) in reports {
+        let release = report
+            .release
+            .as_deref()
+            .unwrap_or("did not report its release");
+        println!(
+            "vm-test: kernel {} [{release}], console log {}",
+            kernel.series,
+            log.display()
+        );
+        println!(
+            "  active LSMs: {}",
+            report.lsm.as_deref().unwrap_or("not reported")
+        );
+        if !report.bpf_active() {
+            println!(
+                "  ERROR: bpf is not an active LSM; nothing this kernel ran proves enforcement"
+            );
+        }
+        for error in &report.errors {
+            println!("  ERROR: {error}");
+        }
+        if !report.finished {
+            println!("  ERROR: the guest did not reach the end of /init");
+        }
+        for test in &report.tests {
+            let seconds = test
+                .seconds
+                .map(|s| format!(" ({s:.1} s)"))
+                .unwrap_or_default();
+            let name = format!("{}::{}", test.binary, test.name);
+            match &test.outcome {
+                Outcome::Passed => println!("  passed  {name}{seconds}"),
+                Outcome::Failed(reason) => println!("  FAILED  {name}{seconds}: {reason}"),
+                Outcome::Skipped(reason) => println!("  skipped {name}: {reason}"),
+            }
+        }
+        if report.tests.is_empty() {
+            println!("  no test matched; check the filter and GUEST_TESTS");
+        }
+        if let (Some(start), Some(end)) = (report.tests_started, report.tests_ended) {
+            println!(
+                "  boot {start:.1} s, tests {:.1} s (guest clock)",
+                end - start
+            );
+        }
+        passed += report.count(|outcome| matches!(outcome, Outcome::Passed));
+        failed += report.count(|outcome| matches!(outcome, Outcome::Failed(_)));
+        skipped += report.count(|outcome| matches!(outcome, Outcome::Skipped(_)));
+    }
+    let timings: Vec<String> = timings
+        .iter()
+        .map(|(phase, elapsed)| format!("{phase} {:.1} s", elapsed.as_secs_f64()))
+        .collect();
+    println!("vm-test: timings: {}", timings.join(", "));
+    println!(
+        "summary: {passed} passed, {failed} failed, {skipped} skipped on {} kernels",
+        reports.len()
+    );
+}

@@ -1,0 +1,252 @@
+//! Reads the guest's report out of its console log: the marker lines that
+//! `/init` prints, and between a test's start and end, the `SKIPPED:` lines
+//! of the test crate and libtest's `test result:` line.
+
+use super::init::MARKER;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct TestResult {
+    pub binary: String,
+    pub name: String,
+    pub outcome: Outcome,
+    /// Run time in seconds, when the test ended.
+    pub seconds: Option<f64>,
+}
+
+/// Everything one kernel run reported.
+#[derive(Debug, Default)]
+pub struct KernelReport {
+    /// Contents of `/sys/kernel/security/lsm`.
+    pub lsm: Option<String>,
+    /// `uname -r` in the guest.
+    pub release: Option<String>,
+    pub tests: Vec<TestResult>,
+    /// Reasons the run as a whole failed: `fatal` lines of `/init`, test
+    /// binaries that could not list their tests.
+    pub errors: Vec<String>,
+    /// Whether `/init` reached its end.
+    pub finished: bool,
+    /// Guest uptime in seconds when the first test started, which is how
+    /// long the boot took.
+    pub tests_started: Option<f64>,
+    /// Guest uptime in seconds when the last test ended.
+    pub tests_ended: Option<f64>,
+}
+
+impl KernelReport {
+    pub fn parse(console: &str) -> Self {
+        let mut report = Self::default();
+        let mut current: Option<Running> = None;
+        for line in console.lines() {
+            let Some(rest) = line
+                .find(MARKER)
+                .map(|start| line[start + MARKER.len()..].trim())
+            else {
+                if let Some(test) = current.as_mut() {
+                    test.read_output(line);
+                }
+                continue;
+            };
+            let (kind, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            match kind {
+                "lsm" => report.lsm = Some(value.to_string()),
+                "kernel" => report.release = Some(value.to_string()),
+                "fatal" => report.errors.push(value.to_string()),
+                "list-failed" => report.errors.push(format!("{value} --list failed")),
+                "tests-start" => report.tests_started = value.parse().ok(),
+                "done" => {
+                    report.finished = true;
+                    report.tests_ended = value.parse().ok();
+                }
+                "start" => {
+                    if let Some(test) = current.take() {
+                        report.tests.push(test.unfinished());
+                    }
+                    let mut words = value.splitn(3, ' ');
+                    let started = words.next().and_then(|uptime| uptime.parse().ok());
+                    let binary = words.next().unwrap_or_default();
+                    let name = words.next().unwrap_or_default();
+                    current = Some(Running::new(binary, name, started));
+                }
+                "end" => {
+                    let mut words = value.splitn(3, ' ');
+                    let ended: Option<f64> = words.next().and_then(|uptime| uptime.parse().ok());
+                    let status = words.next().unwrap_or_default();
+                    if let Some(test) = current.take() {
+                        report.tests.push(test.finish(status, ended));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(test) = current.take() {
+            report.tests.push(test.unfinished());
+        }
+        report
+    }
+
+    pub fn count(&self, matches: fn(&Outcome) -> bool) -> usize {
+        self.tests
+            .iter()
+            .filter(|test| matches(&test.outcome))
+            .count()
+    }
+
+    /// Returns whether the run counts as a success: `bpf` active, no fatal
+    /// error, the end of `/init` reached, and no test failed.
+    pub fn succeeded(&self) -> bool {
+        self.bpf_active()
+            && self.finished
+            && self.errors.is_empty()
+            && self.count(|outcome| matches!(outcome, Outcome::Failed(_))) == 0
+    }
+
+    pub fn bpf_active(&self) -> bool {
+        self.lsm
+            .as_deref()
+            .is_some_and(|lsm| lsm.split(',').any(|name| name == "bpf"))
+    }
+}
+
+/// A test whose start marker was seen and whose end marker was not yet.
+struct Running {
+    binary: String,
+    name: String,
+    skip_reason: Option<String>,
+    ignored: bool,
+    /// Guest uptime in seconds at the start.
+    started: Option<f64>,
+}
+
+impl Running {
+    fn new(binary: &str, name: &str, started: Option<f64>) -> Self {
+        Self {
+            binary: binary.to_string(),
+            name: name.to_string(),
+            skip_reason: None,
+            ignored: false,
+            started,
+        }
+    }
+
+    fn read_output(&mut self, line: &str) {
+        let line = line.trim_start();
+        if let Some(reason) = line.strip_prefix("SKIPPED:") {
+            self.skip_reason
+                .get_or_insert_with(|| reason.trim().to_string());
+        } else if line.starts_with("test result:") && line.contains(" 1 ignored") {
+            self.ignored = true;
+        }
+    }
+
+    fn finish(self, status: &str, ended: Option<f64>) -> TestResult {
+        let outcome = match (status, self.skip_reason) {
+            ("0", Some(reason)) => Outcome::Skipped(reason),
+            ("0", None) if self.ignored => Outcome::Skipped("marked #[ignore]".to_string()),
+            ("0", None) => Outcome::Passed,
+            ("137", _) => Outcome::Failed("killed after the per-test time limit".to_string()),
+            (status, _) => Outcome::Failed(format!("exit status {status}")),
+        };
+        TestResult {
+            binary: self.binary,
+            name: self.name,
+            outcome,
+            seconds: self
+                .started
+                .zip(ended)
+                .map(|(started, ended)| ended - started),
+        }
+    }
+
+    fn unfinished(self) -> TestResult {
+        TestResult {
+            binary: self.binary,
+            name: self.name,
+            outcome: Outcome::Failed("did not finish before the guest stopped".to_string()),
+            seconds: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_of_a_whole_run() {
+        let console = "\
+early kernel noise
+@@parapet-vm@@ lsm lockdown,capability,landlock,yama,apparmor,bpf
+@@parapet-vm@@ kernel 6.1.0-57-cloud-amd64
+@@parapet-vm@@ tests-start 3.25
+@@parapet-vm@@ start 3.50 backends chosen_backends_are_reported
+running 1 test
+test chosen_backends_are_reported ... ok
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out
+@@parapet-vm@@ end 5.75 0 backends chosen_backends_are_reported
+@@parapet-vm@@ start 6.00 backends require_lsm
+SKIPPED: require_lsm: containerd not found in PATH
+@@parapet-vm@@ end 7.00 0 backends require_lsm
+@@parapet-vm@@ start 6.00 harness_smoke harness_smoke
+test harness_smoke ... FAILED
+@@parapet-vm@@ end 7.00 101 harness_smoke harness_smoke
+@@parapet-vm@@ start 6.00 harness_smoke slow
+@@parapet-vm@@ end 7.00 137 harness_smoke slow
+@@parapet-vm@@ start 6.00 harness_smoke ignored_one
+test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out
+@@parapet-vm@@ end 7.00 0 harness_smoke ignored_one
+@@parapet-vm@@ done 9.50
+";
+        let report = KernelReport::parse(console);
+        assert_eq!(report.release.as_deref(), Some("6.1.0-57-cloud-amd64"));
+        assert!(report.lsm.as_deref().unwrap().ends_with(",bpf"));
+        assert!(report.finished);
+        assert!(report.errors.is_empty());
+        assert!(report.bpf_active());
+        assert_eq!(report.tests_started, Some(3.25));
+        assert_eq!(report.tests_ended, Some(9.5));
+        assert_eq!(report.tests[0].seconds, Some(2.25));
+        assert_eq!(report.tests[0].name, "chosen_backends_are_reported");
+        let outcomes: Vec<&Outcome> = report.tests.iter().map(|test| &test.outcome).collect();
+        assert_eq!(outcomes[0], &Outcome::Passed);
+        assert_eq!(
+            outcomes[1],
+            &Outcome::Skipped("require_lsm: containerd not found in PATH".to_string())
+        );
+        assert_eq!(outcomes[2], &Outcome::Failed("exit status 101".to_string()));
+        assert!(matches!(outcomes[3], Outcome::Failed(reason) if reason.contains("time limit")));
+        assert_eq!(
+            outcomes[4],
+            &Outcome::Skipped("marked #[ignore]".to_string())
+        );
+        assert_eq!(report.tests[2].binary, "harness_smoke");
+        assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn parse_of_a_cut_off_run() {
+        let console = "\
+@@parapet-vm@@ fatal bpf is not in the active LSM list: lockdown,capability
+";
+        let report = KernelReport::parse(console);
+        assert!(!report.finished);
+        assert_eq!(report.errors.len(), 1);
+        assert!(!report.succeeded());
+
+        let console = "\
+@@parapet-vm@@ start 6.00 backends hangs
+some output
+";
+        let report = KernelReport::parse(console);
+        assert!(
+            matches!(&report.tests[0].outcome, Outcome::Failed(reason) if reason.contains("did not finish"))
+        );
+    }
+}
