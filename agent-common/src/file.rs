@@ -56,6 +56,10 @@ pub mod op {
     pub const FCHOWN: u32 = 34;
     pub const FSETXATTR: u32 = 35;
     pub const FREMOVEXATTR: u32 = 36;
+    pub const OPENAT2: u32 = 37;
+    pub const SETXATTRAT: u32 = 38;
+    pub const REMOVEXATTRAT: u32 = 39;
+    pub const FILE_SETATTR: u32 = 40;
 
     /// Returns whether the op acts on a descriptor rather than a path.
     pub fn on_descriptor(op: u32) -> bool {
@@ -102,6 +106,10 @@ pub mod op {
             FCHOWN => "fchown",
             FSETXATTR => "fsetxattr",
             FREMOVEXATTR => "fremovexattr",
+            OPENAT2 => "openat2",
+            SETXATTRAT => "setxattrat",
+            REMOVEXATTRAT => "removexattrat",
+            FILE_SETATTR => "file_setattr",
             _ => "unknown",
         }
     }

@@ -12,12 +12,12 @@
 //! and `fallocate` are not watched: they need a descriptor open for
 //! writing, and the kernel gives none out on a read-only mount.
 //!
-//! NOTE: 32-bit compat syscalls are refused by the kernel but not
-//! reported: syscall tracepoints do not see them.
+//! NOTE: 32-bit compat syscalls and io_uring operations are refused by the
+//! kernel but not reported: syscall tracepoints do not see them.
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
@@ -105,6 +105,30 @@ file_syscall!(parapet_fe_fchmod, parapet_fx_fchmod, op::FCHMOD, path: NONE, dirf
 file_syscall!(parapet_fe_fchown, parapet_fx_fchown, op::FCHOWN, path: NONE, dirfd: 16, flags: NONE);
 file_syscall!(parapet_fe_fsetxattr, parapet_fx_fsetxattr, op::FSETXATTR, path: NONE, dirfd: 16, flags: NONE);
 file_syscall!(parapet_fe_fremovexattr, parapet_fx_fremovexattr, op::FREMOVEXATTR, path: NONE, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_setxattrat, parapet_fx_setxattrat, op::SETXATTRAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_removexattrat, parapet_fx_removexattrat, op::REMOVEXATTRAT, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fe_file_setattr, parapet_fx_file_setattr, op::FILE_SETATTR, path: 24, dirfd: 16, flags: NONE);
+
+/// `openat2` keeps its flags in a `struct open_how` in user memory, whose
+/// first field they are.
+#[tracepoint]
+pub fn parapet_fe_openat2(ctx: TracePointContext) -> u32 {
+    const HOW_OFFSET: usize = 32;
+    // SAFETY: the offset is that of the 8-byte `how` pointer argument.
+    let how = unsafe { ctx.read_at::<u64>(HOW_OFFSET) }.unwrap_or(0);
+    // SAFETY: a failed read of user memory returns an error, not a fault.
+    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    if flags & OPEN_WRITE_FLAGS != 0 {
+        on_enter(&ctx, op::OPENAT2, 24, 16, NONE);
+    }
+    DONE
+}
+
+#[tracepoint]
+pub fn parapet_fx_openat2(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    DONE
+}
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, op: u32, path_offset: usize, dirfd_offset: usize, flags_offset: usize) {
@@ -174,9 +198,10 @@ fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
     .is_some()
 }
 
-/// Returns the verdict and slot to report: a refusal with EROFS under an
-/// enforce-mode read-only policy is a deny, and a success under an
-/// audit-mode one is an audit. Anything else is not reported.
+/// Returns the verdict and slot to report: a refusal with EROFS under a
+/// read-only policy is a deny, and a success under an audit-mode one is an
+/// audit. Anything else is not reported. An audit-mode policy sees EROFS
+/// where an earlier enforce-mode one left the mounts read-only.
 #[inline(always)]
 fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
     policed::find_slot(policies, |slot| {
@@ -184,7 +209,7 @@ fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
         if policy.read_only == 0 {
             return None;
         }
-        if policy.mode == Mode::Enforce as u32 && ret == -EROFS {
+        if ret == -EROFS {
             return Some((Verdict::Deny, slot));
         }
         if policy.mode == Mode::Audit as u32 && ret >= 0 {

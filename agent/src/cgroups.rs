@@ -212,6 +212,20 @@ fn is_pod_uid(uid: &str) -> bool {
             .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Returns the pids in a cgroup and its descendants.
+pub fn pids(cgroup: &Path) -> Vec<u32> {
+    let mut found: Vec<u32> = fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    let children = fs::read_dir(cgroup).into_iter().flatten().flatten();
+    for child in children.filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())) {
+        found.extend(pids(&child.path()));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

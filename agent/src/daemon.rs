@@ -50,6 +50,8 @@ const CRI_REFRESH: Duration = Duration::from_secs(2);
 const PENDING_RETRY: Duration = Duration::from_millis(10);
 /// How long after a cgroup appears the fast retries go on.
 const PENDING_WINDOW: Duration = Duration::from_secs(5);
+/// How often it looks for new mount namespaces in read-only containers.
+const NAMESPACE_CHECK: Duration = Duration::from_secs(1);
 /// How often it looks for policy changes.
 const POLICY_POLL: Duration = Duration::from_secs(1);
 
@@ -175,6 +177,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         watcher,
         known_containers: Default::default(),
         last_cri: None,
+        namespaces_checked: None,
         last_cri_error: None,
         retry_at: None,
         unlisted_since: Default::default(),
@@ -277,6 +280,8 @@ struct LoopState {
     watcher: PolicyWatcher,
     known_containers: std::collections::HashSet<String>,
     last_cri: Option<Instant>,
+    /// When the mount namespaces of read-only containers were last listed.
+    namespaces_checked: Option<Instant>,
     last_cri_error: Option<String>,
     /// When to look again soon because cgroups exist that the runtime did
     /// not list yet: a pod or container being created.
@@ -427,7 +432,7 @@ impl LoopState {
         }
         drop(kernel);
         let targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
-        self.enforce_read_only(targets, &containers).await;
+        self.enforce_read_only(targets, &containers, &scan.containers).await;
         self.update_status();
         true
     }
@@ -549,7 +554,7 @@ impl LoopState {
                 peer: None,
                 policy: Some(process.policy),
                 rule: process.rule,
-                detail: Some("running since before the exec policy arrived; not stopped".to_owned()),
+                detail: Some("started before the agent looked up this container's exec lists; not stopped".to_owned()),
                 path: None,
                 resolved_path: None,
             });
@@ -562,11 +567,27 @@ impl LoopState {
         &mut self,
         targets: Vec<crate::readonly::Target>,
         containers: &[crate::cri::ContainerInfo],
+        cgroups: &std::collections::HashMap<String, crate::cgroups::ContainerCgroup>,
     ) {
         let running = containers.iter().filter(|c| c.running).map(|c| c.id.as_str()).collect();
         self.read_only.retain(&targets, &running);
+        // Processes can make mount namespaces of their own; those made
+        // before the remount keep writable mounts, so look for new ones.
+        let now = Instant::now();
+        let check_namespaces = self
+            .namespaces_checked
+            .is_none_or(|checked| now.duration_since(checked) >= NAMESPACE_CHECK);
+        if check_namespaces {
+            self.namespaces_checked = Some(now);
+        }
         for target in targets {
-            if !self.read_only.due(&target) {
+            let namespaces = match cgroups.get(&target.container_id) {
+                Some(cgroup) if check_namespaces || self.read_only.state(&target.container_id).is_none() => {
+                    crate::mountns::namespaces::of_cgroup(&cgroup.path)
+                }
+                _ => Vec::new(),
+            };
+            if !self.read_only.due(&target, &namespaces) {
                 continue;
             }
             let Some(cri) = self.cri.clone() else {
@@ -584,7 +605,7 @@ impl LoopState {
                 }
             };
             // A fork and a wait, about a millisecond.
-            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid));
+            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid, &namespaces));
             self.report_read_only(&attempt);
         }
     }

@@ -12,7 +12,12 @@
 //! A file can appear at a listed path after the lookup (an intruder writes
 //! one to a writable path that a deny list names). The agent looks the
 //! lists up again every [`REFRESH`], so such a file is matched by identity
-//! from then on; before that, only the exact path text matches it.
+//! from then on; before that, only the exact path text matches it. Later
+//! look-ups only add denied files: a denied file stays denied after it is
+//! moved, and a file put at an allowed path later is not allowed by
+//! identity. NOTE: a file overwritten in place keeps its identity, so an
+//! allow list holds only where the listed files cannot be written, as
+//! under `readOnly: true`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -129,25 +134,35 @@ impl ExecResolver {
         }
         let found = identities.iter().filter(|identity| identity.is_some()).count();
         let previous = self.keys.remove(container_id).map(|resolved| resolved.keys);
-        let mut keys = Vec::with_capacity(merged.len());
-        for (key, value) in merged {
-            let already = previous.as_ref().is_some_and(|old| old.contains(&key));
+        let refresh = previous.is_some();
+        let mut keys = previous.unwrap_or_default();
+        let mut changed = false;
+        for (key, mut value) in merged {
+            if refresh {
+                // A later look-up only adds denied files. A file once
+                // denied stays denied under any name it is moved to, and a
+                // file put at an allowed path later is not trusted.
+                value.lists &= LIST_DENY;
+                if value.lists == 0 {
+                    continue;
+                }
+            }
+            let already = keys.contains(&key);
             let (stored, users) = self.written.entry(key).or_insert((ExecRuleValue::default(), 0));
+            let before = *stored;
             merge(stored, &value);
             if !already {
                 *users += 1;
+                keys.push(key);
             }
+            if already && *stored == before {
+                continue;
+            }
+            changed |= refresh;
             kernel
                 .exec_rules
                 .insert(key, *stored, 0)
                 .map_err(|error| format!("failed to write an exec rule: {error}"))?;
-            keys.push(key);
-        }
-        let changed = previous.as_ref().is_some_and(|old| {
-            old.len() != keys.len() || old.iter().any(|key| !keys.contains(key))
-        });
-        for stale in previous.iter().flatten().filter(|key| !keys.contains(key)) {
-            self.release(kernel, stale);
         }
         self.keys.insert(
             container_id.to_owned(),

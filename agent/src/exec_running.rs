@@ -32,7 +32,7 @@ pub fn denied_processes(
     rule_of: impl Fn(u32, FileIdentity) -> Option<ExecRuleValue>,
 ) -> Vec<DeniedProcess> {
     let mut denied = Vec::new();
-    for pid in cgroup_pids(cgroup) {
+    for pid in crate::cgroups::pids(cgroup) {
         let exe = format!("/proc/{pid}/exe");
         // The process may have exited since the cgroup was read.
         let Ok(metadata) = fs::metadata(&exe) else {
@@ -67,18 +67,4 @@ pub fn denied_processes(
         }
     }
     denied
-}
-
-/// Returns the pids in a cgroup and its descendants.
-fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect();
-    let children = fs::read_dir(cgroup).into_iter().flatten().flatten();
-    for child in children.filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())) {
-        pids.extend(cgroup_pids(&child.path()));
-    }
-    pids
 }

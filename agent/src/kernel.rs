@@ -88,12 +88,12 @@ pub struct Kernel {
 /// Syscalls whose mutations of read-only file systems are reported; each
 /// has the programs `parapet_fe_<name>` on entry and `parapet_fx_<name>`
 /// on exit.
-const FILE_SYSCALLS: [&str; 36] = [
+const FILE_SYSCALLS: [&str; 40] = [
     "openat", "open", "creat", "truncate", "unlinkat", "unlink", "renameat2", "renameat", "rename",
     "mkdirat", "mkdir", "rmdir", "linkat", "link", "symlinkat", "symlink", "mknodat", "mknod",
     "fchmodat", "chmod", "fchownat", "chown", "lchown", "setxattr", "lsetxattr", "removexattr",
     "lremovexattr", "fchmodat2", "utimensat", "futimesat", "utimes", "utime", "fchmod", "fchown",
-    "fsetxattr", "fremovexattr",
+    "fsetxattr", "fremovexattr", "openat2", "setxattrat", "removexattrat", "file_setattr",
 ];
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [
@@ -148,6 +148,13 @@ impl Kernel {
 
         attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
         for syscall in FILE_SYSCALLS {
+            let exists = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+                .iter()
+                .any(|events| Path::new(events).join(format!("syscalls/sys_enter_{syscall}")).is_dir());
+            if !exists {
+                tracing::debug!(syscall, "this kernel has no such syscall to watch");
+                continue;
+            }
             let enter = format!("parapet_fe_{syscall}");
             let exit = format!("parapet_fx_{syscall}");
             for (program, event) in [(enter, format!("sys_enter_{syscall}")), (exit, format!("sys_exit_{syscall}"))] {

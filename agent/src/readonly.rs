@@ -52,6 +52,8 @@ struct Record {
     writable: Vec<PathBuf>,
     state: State,
     attempted_at: Instant,
+    /// Mount namespaces made read-only, by device and inode.
+    namespaces: Vec<(u64, u64)>,
 }
 
 /// The outcome of one attempt, for the caller to log and report.
@@ -79,12 +81,13 @@ impl Tracker {
     /// Returns whether `target` needs an attempt now. Kubernetes gives a restarted
     /// container a new container id, so a container id keeps its process
     /// and its mount namespace.
-    pub fn due(&self, target: &Target) -> bool {
+    pub fn due(&self, target: &Target, namespaces: &[mountns::namespaces::Namespace]) -> bool {
         match self.records.get(&target.container_id) {
             None => true,
             Some(record) => {
                 narrower(&target.writable, &record.writable)
                     || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
+                    || namespaces.iter().any(|ns| !record.namespaces.contains(&(ns.dev, ns.ino)))
             }
         }
     }
@@ -94,22 +97,38 @@ impl Tracker {
         self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
     }
 
-    /// Makes the container read-only and records the outcome. Blocks for
-    /// about a millisecond: call it from a blocking task.
-    pub fn attempt(&mut self, target: Target, pid: u32) -> Attempt {
+    /// Makes every mount namespace of the container read-only, through
+    /// one process in each, and records the outcome. `pid` is the
+    /// container's first process, used when `namespaces` is empty. Blocks
+    /// for about a millisecond per namespace: call it from a blocking task.
+    pub fn attempt(&mut self, target: Target, pid: u32, namespaces: &[mountns::namespaces::Namespace]) -> Attempt {
         let started = Instant::now();
         let mut missing_writable = Vec::new();
-        let state = match mountns::make_read_only(pid, &target.writable) {
-            Ok(report) if report.is_complete() => {
-                missing_writable = report.missing_writable;
-                State::Enforced
+        let mut failures = Vec::new();
+        let pids: Vec<u32> = if namespaces.is_empty() {
+            vec![pid]
+        } else {
+            namespaces.iter().map(|ns| ns.pid).collect()
+        };
+        for &pid in &pids {
+            match mountns::make_read_only(pid, &target.writable) {
+                Ok(report) if report.is_complete() => {
+                    for path in report.missing_writable {
+                        if !missing_writable.contains(&path) {
+                            missing_writable.push(path);
+                        }
+                    }
+                }
+                Ok(report) => failures.push(describe_failures(&report)),
+                Err(error) => failures.push(error.to_string()),
             }
-            Ok(report) => State::NotEnforced {
-                reason: describe_failures(&report),
-            },
-            Err(error) => State::NotEnforced {
-                reason: error.to_string(),
-            },
+        }
+        let state = if failures.is_empty() {
+            State::Enforced
+        } else {
+            State::NotEnforced {
+                reason: failures.join("; "),
+            }
         };
         let previous = self.records.insert(
             target.container_id.clone(),
@@ -117,6 +136,7 @@ impl Tracker {
                 writable: target.writable.clone(),
                 state: state.clone(),
                 attempted_at: Instant::now(),
+                namespaces: namespaces.iter().map(|ns| (ns.dev, ns.ino)).collect(),
             },
         );
         let changed = previous.is_none_or(|record| record.state != state);

@@ -139,6 +139,13 @@ async fn file_placed_later_at_a_denied_path_is_refused_by_identity() -> Result<(
     })?;
     assert_eq!(refused.rule.as_deref(), Some("spec.exec.deny[1]"));
 
+    // A denied file moved away from its listed path stays denied after the
+    // next look-up no longer finds it there.
+    let moved = shell(&worker, &format!("mv {NETPROBE} /renamed-probe")).await?;
+    assert_eq!(moved.exit_code, 0, "{moved:?}");
+    tokio::time::sleep(parapet::exec_rules::REFRESH + std::time::Duration::from_secs(1)).await;
+    assert_eq!(run_probe(&worker, "/renamed-probe").await?, "status=137");
+
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())
@@ -172,7 +179,7 @@ async fn refused_program_already_running_is_reported() -> Result<()> {
     assert_eq!(running.binary.as_deref(), Some(NETPROBE));
     assert_eq!(running.rule.as_deref(), Some("spec.exec.deny[0]"));
     assert_eq!(running.pod.as_deref(), Some("worker"));
-    assert!(running.detail.as_deref().is_some_and(|d| d.contains("before the exec policy")), "{running:?}");
+    assert!(running.detail.as_deref().is_some_and(|d| d.contains("before the agent looked up")), "{running:?}");
     agent.wait_for_log(&["already running when the policy arrived", &worker.container_id])?;
 
     agent.stop()?;

@@ -124,6 +124,12 @@ async fn read_only_root_refuses_every_mutation() -> Result<()> {
     }
     let mode = shell(&db, "stat -c %a /data.txt").await?;
     assert_eq!(mode.stdout_trimmed(), "644");
+    // openat2 keeps its flags in user memory.
+    let output = shell(&db, "/usr/local/bin/netprobe openat2 /created2").await?;
+    assert!(output.stdout.contains("errno=30"), "openat2: {output:?}");
+    let event = agent.wait_for_event(|e| e.kind == Kind::File && e.operation == "openat2")?;
+    assert_eq!(event.path.as_deref(), Some("/created2"), "{event:?}");
+    assert_eq!(event.verdict, VerdictName::Deny);
     // A `tail` started afterwards replays them, filtered, as one line each.
     let mut replay = Tail::start(
         &agent,
@@ -297,6 +303,42 @@ async fn audit_mode_reports_every_mutation() -> Result<()> {
     let labels = [("pod", "db"), ("kind", "file"), ("verdict", "audit")];
     let counted = metric_value(&metrics, "parapet_violations_total", &labels).unwrap_or(0.0);
     assert_eq!(counted as usize, audits, "{metrics}");
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn mount_namespace_made_before_the_policy_becomes_read_only() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    prepare(&db).await?;
+    // A user and mount namespace of its own needs no capability here.
+    let escape = "unshare -Urm sh -c 'echo $$ > /tmp/escape.pid; exec sleep 3600' >/dev/null 2>&1 &";
+    assert_eq!(shell(&db, escape).await?.exit_code, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shell(&db, "test -s /tmp/escape.pid").await?.exit_code != 0 {
+        assert!(Instant::now() < deadline, "the namespace was never made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut agent = Agent::start(&containerd, &[("db.yaml", &read_only_policy("enforce"))])?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
+
+    let inside = "nsenter -t $(cat /tmp/escape.pid) -U -m --preserve-credentials sh -c 'touch /escaped'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = shell(&db, inside).await?;
+        if output.exit_code != 0 {
+            assert!(output.stderr.contains("Read-only file system"), "{output:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second namespace stayed writable: {output:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_read_only(&db).await?;
 
     agent.stop()?;
     containerd.cleanup().await?;

@@ -25,6 +25,7 @@
 
 mod helper;
 mod mountinfo;
+pub mod namespaces;
 mod plan;
 
 use std::ffi::CString;

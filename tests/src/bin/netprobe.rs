@@ -5,6 +5,7 @@
 //! netprobe send udp ADDR PORT          one sendto() on an unconnected socket
 //! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
 //! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
+//! netprobe openat2 PATH                create PATH with openat2(2)
 //! netprobe flood udp ADDR PORT COUNT   COUNT sendto() calls as fast as it can; prints the outcomes
 //! ```
 //!
@@ -28,6 +29,7 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe listen tcp|udp PORT\n       \
                      netprobe socket udplite|raw|packet|inet-packet\n       \
                      netprobe fchmod|fsetxattr PATH\n       \
+                     netprobe openat2 PATH\n       \
                      netprobe flood udp ADDR PORT COUNT";
 
 #[derive(Clone, Copy)]
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
         Ok(Command::Flood(target, count)) => flood(target, count),
+        Ok(Command::Openat2(path)) => report(create_with_openat2(&path)),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -63,6 +66,8 @@ enum Command {
     Descriptor(DescriptorCall, String),
     /// Many datagrams to one peer, from one socket.
     Flood(SocketAddr, u64),
+    /// A file created with `openat2`.
+    Openat2(String),
 }
 
 #[derive(Clone, Copy)]
@@ -94,6 +99,7 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         )),
         ["fchmod", path] => Ok(Command::Descriptor(DescriptorCall::Fchmod, (*path).to_owned())),
         ["fsetxattr", path] => Ok(Command::Descriptor(DescriptorCall::Fsetxattr, (*path).to_owned())),
+        ["openat2", path] => Ok(Command::Openat2((*path).to_owned())),
         ["flood", "udp", addr, port, count] => Ok(Command::Flood(
             parse_target(addr, port)?,
             count.parse().map_err(|_| format!("invalid count {count:?}"))?,
@@ -139,6 +145,31 @@ fn change_through_descriptor(call: DescriptorCall, path: String) -> io::Result<(
     std::thread::sleep(Duration::from_millis(500));
     drop(file);
     result
+}
+
+/// Creates `path` for writing with `openat2(2)`, which keeps its flags in
+/// a `struct open_how` instead of an argument.
+fn create_with_openat2(path: &str) -> io::Result<()> {
+    let path = std::ffi::CString::new(path).map_err(io::Error::other)?;
+    // `struct open_how`: flags, mode, resolve.
+    let how: [u64; 3] = [(libc::O_CREAT | libc::O_WRONLY) as u64, 0o644, 0];
+    // SAFETY: the path is NUL-terminated and `how` is a valid open_how of
+    // the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            how.as_ptr(),
+            std::mem::size_of_val(&how),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor this call just opened.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
 }
 
 /// Sends `count` datagrams to `target` and prints `sent=N denied=N other=N
