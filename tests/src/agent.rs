@@ -19,7 +19,7 @@ use crate::containerd::Containerd;
 
 /// How long `wait_for` helpers wait before they fail, unless
 /// `PARAPET_TEST_WAIT_SECONDS` is set (see [`wait_limit`]).
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Returns how long `wait_for` helpers wait: `PARAPET_TEST_WAIT_SECONDS`
 /// when set to a whole number, else [`WAIT`]. `cargo xtask vm-test` raises
