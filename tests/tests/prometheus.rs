@@ -37,8 +37,8 @@ const IDLE_WINDOW: Duration = Duration::from_secs(5);
 /// Refused connects of the burst, each from a new netprobe process.
 const BURST_CONNECTS: u64 = 2000;
 
-/// One policy per promise, all selecting the `api` pod, as the ConfigMap
-/// in deploy/ does for the clinic.
+/// Returns one policy per promise, all selecting the `api` pod, as the
+/// ConfigMap in deploy/ does for the clinic.
 fn policies(server: &str) -> [(&'static str, String); 3] {
     let header = |name: &str| {
         format!(
