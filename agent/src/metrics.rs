@@ -3,7 +3,7 @@
 //! exact when the ring buffer drops records.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     sync::{Arc, Mutex, RwLock},
 };
@@ -27,23 +27,33 @@ pub struct MetricsState {
     pub started_unix_seconds: u64,
 }
 
-/// Serves `/metrics` on `listener` until the process ends.
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<MetricsState>) -> std::io::Result<()> {
     info!(address = %listener.local_addr()?, "serving metrics");
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let state = Arc::clone(&state);
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    render(&state),
-                )
-                    .into_response()
-            }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let state = Arc::clone(&state);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        render(&state),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .merge(health_routes());
     axum::serve(listener, app).await
+}
+
+/// `/healthz` for readiness probes: a cheap `ok` that reads no kernel map.
+/// The agent starts this server only after its kernel programs are attached
+/// and its policies installed, so any response means it enforces them. It
+/// does not tell whether the container runtime answers.
+fn health_routes() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" }))
 }
 
 /// Labels of one decision series.
@@ -60,8 +70,10 @@ struct SeriesKey {
 fn render(state: &MetricsState) -> String {
     let mut decisions: BTreeMap<SeriesKey, u64> = BTreeMap::new();
     let mut losses = [0u64; loss::COUNT as usize];
+    let policed_cgroups: BTreeSet<u64>;
     {
         let kernel = state.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        policed_cgroups = kernel.cgroup_policies.keys().flatten().collect();
         let identities = state.identities.read().unwrap_or_else(|e| e.into_inner());
         for item in kernel.decision_counters.iter() {
             let (key, per_cpu) = match item {
@@ -113,7 +125,7 @@ fn render(state: &MetricsState) -> String {
     );
     write_backends(&mut out, &state.backends);
     let status = state.status.read().unwrap_or_else(|e| e.into_inner());
-    write_workloads(&mut out, &status);
+    write_workloads(&mut out, &status, &policed_cgroups);
     write_policies(&mut out, &status);
     drop(status);
     write_agent(&mut out, state);
@@ -189,15 +201,17 @@ fn write_backends(out: &mut String, backends: &[Choice]) {
 }
 
 /// Workloads that policies select for a promise, and how many of them are
-/// enforced: auditors check that gap first.
-fn write_workloads(out: &mut String, status: &crate::status::Status) {
+/// enforced: auditors check that gap first. A network workload counts as
+/// enforced when `policed_cgroups`, the keys of the kernel's policy map,
+/// contains its cgroup.
+fn write_workloads(out: &mut String, status: &crate::status::Status, policed_cgroups: &BTreeSet<u64>) {
     // NOTE: the network counts start from the entries the agent wrote, so
     // an entry whose write failed is missing from both; the log names it.
     let network = status.workloads.iter().filter(|w| w.restricts_network).count();
     let network_enforced = status
         .workloads
         .iter()
-        .filter(|w| w.restricts_network && status.kernel_policed_cgroups.contains(&w.cgroup_id))
+        .filter(|w| w.restricts_network && policed_cgroups.contains(&w.cgroup_id))
         .count();
     let read_only = status.read_only.iter().filter(|c| !c.released).count();
     let read_only_enforced = status.read_only.iter().filter(|c| c.enforced).count();
@@ -280,7 +294,19 @@ fn escape(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+
+    use super::{escape, health_routes};
+
+    #[tokio::test]
+    async fn healthz_returns_ok() {
+        let request = Request::builder().uri("/healthz").body(Body::empty()).unwrap();
+        let response = health_routes().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"ok\n");
+    }
 
     #[test]
     fn label_escaping() {

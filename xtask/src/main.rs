@@ -1,5 +1,6 @@
 //! Developer and CI tasks: `cargo xtask setup`, `test`, `vm-test` and `demo`.
 
+mod deploy_checks;
 mod setup;
 mod test;
 mod vm;

@@ -15,8 +15,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containerd",
     "containernetworking-plugins",
     "iproute2",
+    // promtool for the alert rule tests, and the server the end-to-end
+    // test runs on loopback. Where systemd runs, the package also starts
+    // its own service on port 9090.
+    "prometheus",
     "protobuf-compiler",
     "qemu-system-x86",
+    // For the virtual environment that contains kubernetes-validate.
+    "python3-venv",
     "runc",
     "xz-utils",
 ];

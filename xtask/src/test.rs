@@ -34,6 +34,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
 
 pub fn run(test_args: &[String]) -> anyhow::Result<()> {
     let agent = build_release()?;
+    let deploy = crate::deploy_checks::run(&workspace_root(), &agent);
     let mut child = Command::new("cargo")
         .current_dir(workspace_root())
         .args(["test", "--release", "--no-fail-fast", "--"])
@@ -51,6 +52,8 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
         summary.read_line(&line);
     }
     let status = child.wait().context("failed to wait for cargo test")?;
+    summary.passed += deploy.passed;
+    summary.failed += deploy.failed;
     let passed = summary.passed.saturating_sub(summary.skipped);
     println!(
         "summary: {passed} passed, {} failed, {} skipped",
