@@ -178,6 +178,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         known_containers: Default::default(),
         last_cri: None,
         namespaces_checked: None,
+        exec_targets: Vec::new(),
         last_cri_error: None,
         retry_at: None,
         unlisted_since: Default::default(),
@@ -280,6 +281,8 @@ struct LoopState {
     watcher: PolicyWatcher,
     known_containers: std::collections::HashSet<String>,
     last_cri: Option<Instant>,
+    /// Containers under exec policies, sorted.
+    exec_targets: Vec<String>,
     /// When the mount namespaces of read-only containers were last listed.
     namespaces_checked: Option<Instant>,
     last_cri_error: Option<String>,
@@ -447,7 +450,9 @@ impl LoopState {
         cgroups: &std::collections::HashMap<String, crate::cgroups::ContainerCgroup>,
     ) {
         let targets = crate::enforce::exec_targets(self.enforcer.policies(), pods, containers);
-        let wanted = targets.iter().map(|(id, _)| id.clone()).collect();
+        let wanted: std::collections::HashSet<String> = targets.iter().map(|(id, _)| id.clone()).collect();
+        self.exec_targets = wanted.iter().cloned().collect();
+        self.exec_targets.sort();
         {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             self.exec_rules.retain(&mut kernel, &wanted);
@@ -773,7 +778,16 @@ impl LoopState {
             })
             .collect();
         read_only.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        let exec = self
+            .exec_targets
+            .iter()
+            .map(|container_id| crate::status::ExecStatus {
+                container_id: container_id.clone(),
+                looked_up: self.exec_rules.is_resolved(container_id),
+            })
+            .collect();
         let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.exec = exec;
         status.policies = policies;
         status.workloads = workloads;
         status.read_only = read_only;

@@ -215,10 +215,13 @@ fn write_workloads(out: &mut String, status: &crate::status::Status, policed_cgr
         .count();
     let read_only = status.read_only.iter().filter(|c| !c.released).count();
     let read_only_enforced = status.read_only.iter().filter(|c| c.enforced).count();
+    let exec = status.exec.len();
+    let exec_enforced = status.exec.iter().filter(|c| c.looked_up).count();
     let _ = writeln!(out, "# HELP parapet_workloads_selected Workloads (containers and pods) that policies select, per promise.");
     let _ = writeln!(out, "# TYPE parapet_workloads_selected gauge");
     let _ = writeln!(out, "parapet_workloads_selected{{promise=\"network\"}} {network}");
     let _ = writeln!(out, "parapet_workloads_selected{{promise=\"filesystem\"}} {read_only}");
+    let _ = writeln!(out, "parapet_workloads_selected{{promise=\"exec\"}} {exec}");
     let _ = writeln!(out, "# HELP parapet_workloads_not_enforced Selected workloads whose policy is not in force, per promise.");
     let _ = writeln!(out, "# TYPE parapet_workloads_not_enforced gauge");
     let _ = writeln!(
@@ -230,6 +233,11 @@ fn write_workloads(out: &mut String, status: &crate::status::Status, policed_cgr
         out,
         "parapet_workloads_not_enforced{{promise=\"filesystem\"}} {}",
         read_only - read_only_enforced
+    );
+    let _ = writeln!(
+        out,
+        "parapet_workloads_not_enforced{{promise=\"exec\"}} {}",
+        exec - exec_enforced
     );
 }
 

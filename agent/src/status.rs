@@ -41,6 +41,9 @@ pub struct Status {
     pub kernel_counter_cgroups: BTreeSet<u64>,
     /// The last policy reload error, if the last reload failed.
     pub policy_error: Option<String>,
+    /// Containers that exec policies select.
+    #[serde(default)]
+    pub exec: Vec<ExecStatus>,
     /// Containers that enforce-mode read-only policies select.
     #[serde(default)]
     pub read_only: Vec<ReadOnlyStatus>,
@@ -56,6 +59,14 @@ pub struct ReadOnlyStatus {
     /// read-only until it restarts.
     #[serde(default)]
     pub released: bool,
+}
+
+/// A container under an exec policy, and whether the agent has looked up
+/// the files on its lists, without which allow lists are only reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStatus {
+    pub container_id: String,
+    pub looked_up: bool,
 }
 
 /// Records and decisions lost between kernel and agent, by reason.
@@ -170,6 +181,15 @@ pub fn render_text(status: &Status) -> String {
         );
     }
     let _ = writeln!(out, "kernel entries: {}", status.kernel_policed_cgroups.len());
+    let _ = writeln!(out, "exec lists:     {}", status.exec.len());
+    for container in &status.exec {
+        let state = if container.looked_up {
+            "enforced"
+        } else {
+            "NOT ENFORCED: its files are not looked up yet, so allow lists are only reported"
+        };
+        let _ = writeln!(out, "  {} {state}", container.container_id);
+    }
     let _ = writeln!(out, "read-only:      {}", status.read_only.len());
     for container in &status.read_only {
         if container.released {

@@ -4,7 +4,10 @@
 
 use anyhow::Result;
 use parapet::event::{Kind, VerdictName};
-use parapet_tests::{Containerd, Pod, agent::Agent};
+use parapet_tests::{
+    Containerd, Pod,
+    agent::{Agent, metric_value},
+};
 
 const NETPROBE: &str = "/usr/local/bin/netprobe";
 
@@ -77,6 +80,12 @@ async fn denied_program_is_killed_hard_links_too() -> Result<()> {
     })?;
     let detail = by_identity.detail.clone().unwrap_or_default();
     assert!(detail.contains("matched by file identity"), "{detail}");
+    let metrics = agent.metrics()?;
+    let exec = [("promise", "exec")];
+    assert_eq!(metric_value(&metrics, "parapet_workloads_selected", &exec), Some(1.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "parapet_workloads_not_enforced", &exec), Some(0.0), "{metrics}");
+    let status = agent.status().await?;
+    assert!(status.exec.iter().any(|c| c.container_id == worker.container_id && c.looked_up), "{status:#?}");
 
     agent.stop()?;
     containerd.cleanup().await?;
