@@ -101,6 +101,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             "enforcement backend chosen"
         );
     }
+    let lsm_filesystem = backends
+        .iter()
+        .any(|choice| choice.promise == crate::probe::Promise::Filesystem && choice.backend == crate::probe::Backend::Lsm);
+    let read_only_method = if lsm_filesystem {
+        crate::readonly::Method::Lsm
+    } else {
+        crate::readonly::Method::Mounts
+    };
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
@@ -174,6 +182,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         retry_at: None,
         unlisted_since: Default::default(),
         read_only: Default::default(),
+        read_only_method,
         exec_rules: Default::default(),
         sink,
     };
@@ -279,6 +288,9 @@ struct LoopState {
     /// Container cgroups the runtime did not list, since when.
     unlisted_since: std::collections::HashMap<String, Instant>,
     read_only: crate::readonly::Tracker,
+    /// How containers are made read-only: by the LSM programs where they
+    /// attached, else by mount flags.
+    read_only_method: crate::readonly::Method,
     exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,
 }
@@ -420,7 +432,10 @@ impl LoopState {
             self.enforcer.release_slots(&mut kernel, slots);
         }
         drop(kernel);
-        let targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        let mut targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        for target in &mut targets {
+            target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
+        }
         self.enforce_read_only(targets).await;
         self.update_status();
         true
@@ -472,9 +487,10 @@ impl LoopState {
     /// Makes the targeted containers read-only where that is not done yet,
     /// and retries failed ones.
     async fn enforce_read_only(&mut self, targets: Vec<crate::readonly::Target>) {
-        self.read_only.retain(&targets);
+        let removed = self.read_only.retain(&targets);
+        self.write_read_only_entries(&crate::readonly::KernelEntries::default(), &removed);
         for target in targets {
-            if !self.read_only.due(&target) {
+            if !self.read_only.due(&target, self.read_only_method) {
                 continue;
             }
             let Some(cri) = self.cri.clone() else {
@@ -492,8 +508,45 @@ impl LoopState {
                 }
             };
             // A fork and a wait, about a millisecond.
-            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid));
+            let method = self.read_only_method;
+            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid, method));
+            self.write_read_only_entries(&attempt.write, &attempt.remove);
             self.report_read_only(&attempt);
+        }
+    }
+
+    /// Removes the LSM backend's entries in `remove` that `write` does not
+    /// contain, then writes `write`.
+    fn write_read_only_entries(&self, write: &crate::readonly::KernelEntries, remove: &crate::readonly::KernelEntries) {
+        if write.mounts.is_empty() && remove.mounts.is_empty() && remove.superblocks.is_empty() {
+            return;
+        }
+        let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        for (mount_id, _) in &remove.mounts {
+            if write.mounts.iter().any(|(id, _)| id == mount_id) {
+                continue;
+            }
+            if let Err(error) = kernel.read_only_mounts.remove(mount_id) {
+                warn!(mount_id, error = %error, "failed to remove a read-only mount entry");
+            }
+        }
+        for (key, _) in &remove.superblocks {
+            if write.superblocks.iter().any(|(existing, _)| existing == key) {
+                continue;
+            }
+            if let Err(error) = kernel.read_only_superblocks.remove(key) {
+                warn!(cgroup_id = key.cgroup_id, dev = key.dev, error = %error, "failed to remove a read-only superblock entry");
+            }
+        }
+        for (mount_id, value) in &write.mounts {
+            if let Err(error) = kernel.read_only_mounts.insert(mount_id, value, 0) {
+                error!(mount_id, cgroup_id = value.cgroup_id, error = %error, "failed to write a read-only mount entry; the mount stays writable");
+            }
+        }
+        for (key, value) in &write.superblocks {
+            if let Err(error) = kernel.read_only_superblocks.insert(key, value, 0) {
+                error!(cgroup_id = key.cgroup_id, dev = key.dev, error = %error, "failed to write a read-only superblock entry");
+            }
         }
     }
 
@@ -551,6 +604,7 @@ impl LoopState {
                     detail: Some(reason.clone()),
                     path: None,
                     resolved_path: None,
+                    path_truncated: None,
                 });
             }
         }

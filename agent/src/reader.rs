@@ -180,15 +180,29 @@ impl Namer {
                 .filter(|_| file.ret < 0),
             ),
         };
-        let (path, resolved_path, operation) = match record {
+        let (path, resolved_path, path_truncated, operation) = match record {
             Record::File(file) => {
-                let given = event::exec_path(&file.path).map(|(path, _)| path);
-                let resolved = given
-                    .as_deref()
-                    .and_then(|path| resolve_path(header.pid, file.dirfd, path));
-                (given, resolved, parapet_common::file::op::name(file.op).to_owned())
+                let given = event::exec_path(&file.path);
+                let truncated = given.as_ref().is_some_and(|(_, truncated)| *truncated);
+                let given = given.map(|(path, _)| path);
+                let resolved = if file.dirfd == parapet_common::file::PATH_FROM_KERNEL {
+                    // Rebuilt by an LSM program: absolute in the container
+                    // already, unless cut.
+                    given.clone().filter(|_| !truncated)
+                } else {
+                    given
+                        .as_deref()
+                        .filter(|_| !truncated)
+                        .and_then(|path| resolve_path(header.pid, file.dirfd, path))
+                };
+                (
+                    given,
+                    resolved,
+                    Some(truncated),
+                    parapet_common::file::op::name(file.op).to_owned(),
+                )
             }
-            _ => (None, None, event::operation(header).to_owned()),
+            _ => (None, None, None, event::operation(header).to_owned()),
         };
         let (binary, binary_truncated) = match recorded_binary {
             Some((path, truncated)) => (Some(path), truncated),
@@ -223,6 +237,7 @@ impl Namer {
             detail,
             path,
             resolved_path,
+            path_truncated,
         }
     }
 }

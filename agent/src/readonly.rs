@@ -1,8 +1,18 @@
-//! Read-only root filesystems on kernels without BPF LSM. For each running
-//! container under an enforce-mode `readOnly: true` policy, the agent makes
-//! the container's mounts read-only from outside (see `mountns`). It
-//! retries where that fails, for instance with EBUSY while a file is open
-//! for writing.
+//! Read-only root filesystems. For each running container under an
+//! enforce-mode `readOnly: true` policy, the agent does one of two things:
+//!
+//! - With the BPF LSM backend, it binds the declared writable paths onto
+//!   themselves and hands the ids of every other mount to the kernel's LSM
+//!   programs, which refuse mutations there with EPERM ([`Method::Lsm`]).
+//!   Changes of the writable set take effect at the next attempt, because
+//!   a path no longer writable keeps its bind mount, whose id then joins
+//!   the read-only set.
+//! - Without it, it makes the container's mounts read-only from outside
+//!   (see `mountns`), and the kernel refuses mutations with EROFS
+//!   ([`Method::Mounts`]).
+//!
+//! It retries where an attempt fails, for instance with EBUSY while a file
+//! is open for writing.
 //!
 //! Mount flags live as long as the container's mount namespace. Kubernetes
 //! gives a restarted container a new container id, so the agent treats it
@@ -17,7 +27,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use parapet_common::{
+    Mode,
+    lsm::{ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey},
+};
+
 use crate::{identity::Identity, mountns};
+
+/// How a container is made read-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// The mounts get `MOUNT_ATTR_RDONLY`.
+    Mounts,
+    /// The mount ids go to the BPF LSM programs.
+    Lsm,
+}
+
+/// Kernel map entries of the LSM backend for one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelEntries {
+    pub mounts: Vec<(u32, ReadOnlyMount)>,
+    pub superblocks: Vec<(ReadOnlySuperblockKey, ReadOnlySuperblock)>,
+}
 
 /// Delay before a failed attempt is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,6 +62,12 @@ pub struct Target {
     pub writable: Vec<PathBuf>,
     /// The policies that make it read-only, for events and logs.
     pub policies: Vec<String>,
+    /// Slot of the first enforce-mode policy among them, which counters
+    /// and events of the LSM backend are charged to.
+    pub slot: u32,
+    /// Cgroup id of the container, once its cgroup was found. The LSM
+    /// backend needs it and waits for it.
+    pub cgroup_id: Option<u64>,
 }
 
 /// The read-only state of one container.
@@ -47,6 +84,8 @@ struct Record {
     writable: Vec<PathBuf>,
     state: State,
     attempted_at: Instant,
+    /// Entries written to the kernel for this container by the LSM backend.
+    entries: KernelEntries,
 }
 
 /// The outcome of one attempt, for the caller to log and report.
@@ -62,6 +101,10 @@ pub struct Attempt {
     /// Declared writable paths that do not exist in the container, and so
     /// stay read-only.
     pub missing_writable: Vec<PathBuf>,
+    /// For the LSM backend: entries to write, and the entries of the
+    /// previous attempt to remove first.
+    pub write: KernelEntries,
+    pub remove: KernelEntries,
 }
 
 /// The read-only state of every targeted container.
@@ -74,12 +117,15 @@ impl Tracker {
     /// Returns whether `target` needs an attempt now. Kubernetes gives a restarted
     /// container a new container id, so a container id keeps its process
     /// and its mount namespace.
-    pub fn due(&self, target: &Target) -> bool {
+    pub fn due(&self, target: &Target, method: Method) -> bool {
         match self.records.get(&target.container_id) {
             None => true,
             Some(record) => {
-                narrower(&target.writable, &record.writable)
-                    || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
+                let changed = match method {
+                    Method::Mounts => narrower(&target.writable, &record.writable),
+                    Method::Lsm => target.writable != record.writable,
+                };
+                changed || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
             }
         }
     }
@@ -100,20 +146,44 @@ impl Tracker {
     }
 
     /// Makes the container read-only and records the outcome. Blocks for
-    /// about a millisecond: call it from a blocking task.
-    pub fn attempt(&mut self, target: Target, pid: u32) -> Attempt {
+    /// about a millisecond: call it from a blocking task. With
+    /// [`Method::Lsm`] the caller writes `Attempt::write` into the kernel
+    /// after removing `Attempt::remove`.
+    pub fn attempt(&mut self, target: Target, pid: u32, method: Method) -> Attempt {
         let started = Instant::now();
         let mut missing_writable = Vec::new();
-        let state = match mountns::make_read_only(pid, &target.writable) {
-            Ok(report) if report.is_complete() => {
-                missing_writable = report.missing_writable;
-                State::Enforced
-            }
-            Ok(report) => State::NotEnforced {
-                reason: describe_failures(&report),
+        let mut entries = KernelEntries::default();
+        let state = match method {
+            Method::Mounts => match mountns::make_read_only(pid, &target.writable) {
+                Ok(report) if report.is_complete() => {
+                    missing_writable = report.missing_writable;
+                    State::Enforced
+                }
+                Ok(report) => State::NotEnforced {
+                    reason: describe_failures(&report.failed),
+                },
+                Err(error) => State::NotEnforced {
+                    reason: error.to_string(),
+                },
             },
-            Err(error) => State::NotEnforced {
-                reason: error.to_string(),
+            Method::Lsm => match (target.cgroup_id, mountns::prepare_read_only_by_identity(pid, &target.writable)) {
+                (None, _) => State::NotEnforced {
+                    reason: "the container's cgroup was not found yet".to_owned(),
+                },
+                (Some(_), Err(error)) => State::NotEnforced {
+                    reason: error.to_string(),
+                },
+                (Some(cgroup_id), Ok(report)) => {
+                    entries = kernel_entries(&report, target.slot, cgroup_id);
+                    missing_writable = report.missing_writable.clone();
+                    if report.is_complete() {
+                        State::Enforced
+                    } else {
+                        State::NotEnforced {
+                            reason: describe_failures(&report.failed),
+                        }
+                    }
+                }
             },
         };
         let previous = self.records.insert(
@@ -122,9 +192,10 @@ impl Tracker {
                 writable: target.writable.clone(),
                 state: state.clone(),
                 attempted_at: Instant::now(),
+                entries: entries.clone(),
             },
         );
-        let changed = previous.is_none_or(|record| record.state != state);
+        let changed = previous.as_ref().is_none_or(|record| record.state != state);
         Attempt {
             target,
             pid,
@@ -132,13 +203,24 @@ impl Tracker {
             changed,
             took: started.elapsed(),
             missing_writable,
+            write: entries,
+            remove: previous.map(|record| record.entries).unwrap_or_default(),
         }
     }
 
-    /// Forgets containers that are no longer targets.
-    pub fn retain(&mut self, targets: &[Target]) {
-        self.records
-            .retain(|id, _| targets.iter().any(|target| &target.container_id == id));
+    /// Forgets containers that are no longer targets, and returns the
+    /// kernel entries the LSM backend wrote for them, to be removed.
+    pub fn retain(&mut self, targets: &[Target]) -> KernelEntries {
+        let mut removed = KernelEntries::default();
+        self.records.retain(|id, record| {
+            let keep = targets.iter().any(|target| &target.container_id == id);
+            if !keep {
+                removed.mounts.append(&mut record.entries.mounts);
+                removed.superblocks.append(&mut record.entries.superblocks);
+            }
+            keep
+        });
+        removed
     }
 
     pub fn state(&self, container_id: &str) -> Option<&State> {
@@ -152,9 +234,37 @@ fn narrower(wanted: &[PathBuf], applied: &[PathBuf]) -> bool {
     applied.iter().any(|path| !wanted.contains(path))
 }
 
-fn describe_failures(report: &mountns::ReadOnlyReport) -> String {
-    let failures: Vec<String> = report
-        .failed
+/// Builds the LSM map entries of one container. A superblock is marked as
+/// shared when a writable mount of the container is on it too, which makes
+/// the LSM programs refuse changes to its multiply linked files.
+fn kernel_entries(report: &mountns::IdentityReport, slot: u32, cgroup_id: u64) -> KernelEntries {
+    let mode = Mode::Enforce as u32;
+    let mut entries = KernelEntries::default();
+    for mount in &report.read_only {
+        let Ok(mount_id) = u32::try_from(mount.mount_id) else {
+            continue;
+        };
+        entries.mounts.push((mount_id, ReadOnlyMount { slot, mode, cgroup_id }));
+        let key = ReadOnlySuperblockKey {
+            cgroup_id,
+            dev: mount.dev,
+        };
+        if entries.superblocks.iter().any(|(existing, _)| *existing == key) {
+            continue;
+        }
+        let value = ReadOnlySuperblock {
+            slot,
+            mode,
+            shared_with_writable: u32::from(report.writable_devs.contains(&mount.dev)),
+            reserved: 0,
+        };
+        entries.superblocks.push((key, value));
+    }
+    entries
+}
+
+fn describe_failures(failed: &[(PathBuf, i32)]) -> String {
+    let failures: Vec<String> = failed
         .iter()
         .map(|(mount, errno)| {
             let error = std::io::Error::from_raw_os_error(*errno);
@@ -171,8 +281,7 @@ fn describe_failures(report: &mountns::ReadOnlyReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::narrower;
-    use std::path::PathBuf;
+    use super::*;
 
     #[test]
     fn narrower_writable_set_needs_a_new_attempt() {
@@ -181,5 +290,39 @@ mod tests {
         assert!(narrower(&[tmp.clone()], &[tmp.clone(), data.clone()]));
         assert!(!narrower(&[tmp.clone(), data.clone()], &[tmp.clone()]));
         assert!(!narrower(&[tmp.clone()], &[tmp]));
+    }
+
+    #[test]
+    fn kernel_entries_mark_shared_superblocks() {
+        let root = mountns::IdentityMount {
+            mount_id: 229,
+            dev: 0x2d,
+            mount_point: PathBuf::from("/"),
+        };
+        let hosts = mountns::IdentityMount {
+            mount_id: 246,
+            dev: (8 << 20) | 1,
+            mount_point: PathBuf::from("/etc/hosts"),
+        };
+        let resolv = mountns::IdentityMount {
+            mount_id: 247,
+            dev: (8 << 20) | 1,
+            mount_point: PathBuf::from("/etc/resolv.conf"),
+        };
+        let report = mountns::IdentityReport {
+            read_only: vec![root, hosts, resolv],
+            // /tmp was bound from the root file system.
+            writable_devs: vec![0x2d],
+            ..Default::default()
+        };
+        let entries = kernel_entries(&report, 3, 5121);
+        let ids: Vec<u32> = entries.mounts.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [229, 246, 247]);
+        assert!(entries.mounts.iter().all(|(_, mount)| mount.cgroup_id == 5121 && mount.slot == 3));
+        assert_eq!(entries.superblocks.len(), 2, "one entry per superblock");
+        let root_entry = entries.superblocks.iter().find(|(key, _)| key.dev == 0x2d).unwrap();
+        assert_eq!(root_entry.1.shared_with_writable, 1);
+        let host_entry = entries.superblocks.iter().find(|(key, _)| key.dev == (8 << 20) | 1).unwrap();
+        assert_eq!(host_entry.1.shared_with_writable, 0);
     }
 }
