@@ -1,7 +1,7 @@
 //! Types of the BPF LSM backend shared by its kernel programs and the
 //! agent: the struct member offsets the programs read kernel memory with,
-//! the mounts that are read-only per container, and the switch that tells
-//! the tracepoint fallbacks to stand down.
+//! the mounts that are read-only per container, and the flags that record
+//! which LSM programs are attached.
 
 /// Offsets of the kernel struct members the LSM programs follow, read from
 /// the kernel's BTF by the agent and set before the programs load. Rust
@@ -56,8 +56,9 @@ pub struct LsmOffsets {
 /// Bits of the one entry of `LSM_BACKENDS`, set by the agent once the LSM
 /// programs of a promise are attached.
 pub mod backend {
-    /// The LSM file programs enforce read-only policies, so the file
-    /// tracepoints neither report nor decide.
+    /// The LSM file programs are attached. The file tracepoints keep
+    /// reporting audit-mode mutations, and they never see an EROFS from a
+    /// container the LSM programs police, so they report no refusal twice.
     pub const FILESYSTEM: u32 = 1;
     /// `bprm_check_security` enforces exec lists, so the exec tracepoint
     /// only records program paths and never kills.

@@ -1,6 +1,6 @@
 //! What the BPF LSM programs share: the struct member offsets the agent
-//! sets before load, kernel reads that follow them, the switch that tells
-//! the tracepoint fallbacks to stand down, and the path rebuilt for events.
+//! sets before load, kernel reads that follow them, the flags that record
+//! which LSM programs are attached, and the path rebuilt for events.
 //!
 //! An LSM program returns 0 to let an operation go on and a negative errno
 //! to refuse it. BPF LSM programs run after the kernel's own LSMs, and the
@@ -67,8 +67,8 @@ pub fn previous_verdict(ret: i32) -> Option<i32> {
     if ret < 0 && ret >= MIN_ERRNO {
         return Some(ret);
     }
-    // A hook's verdict is 0 or a negative errno; anything else would be a
-    // kernel bug, and refusing is the answer that keeps it a refusal.
+    // A hook's verdict is 0 or a negative errno. Anything else would be a
+    // kernel bug, and EPERM keeps it a refusal.
     Some(DENY)
 }
 
@@ -101,8 +101,8 @@ pub fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
     (!pointer.is_null()).then_some(pointer)
 }
 
-/// The `struct mount` that embeds a `struct vfsmount`, as the kernel's
-/// `real_mount()` finds it.
+/// Returns the `struct mount` that embeds a `struct vfsmount`, as the
+/// kernel's `real_mount()` does.
 #[inline(always)]
 pub fn real_mount(offsets: &LsmOffsets, vfsmount: *const u8) -> *const u8 {
     vfsmount.wrapping_sub(offsets.mount_mnt as usize)

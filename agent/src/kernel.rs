@@ -190,8 +190,8 @@ impl Kernel {
 }
 
 /// Loads and attaches the LSM programs, records the outcome per promise in
-/// `probe`, and tells the tracepoint fallbacks which promises the LSM
-/// programs now keep.
+/// `probe`, and sets the `LSM_BACKENDS` flags, with which the exec
+/// tracepoint stops judging programs once `bprm_check_security` does.
 fn attach_lsm(
     ebpf: &mut Ebpf,
     probe: &mut Probe,

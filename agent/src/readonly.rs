@@ -34,7 +34,7 @@ use parapet_common::{
 
 use crate::{identity::Identity, mountns};
 
-/// How a container is made read-only.
+/// The mechanism that makes a container read-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// The mounts get `MOUNT_ATTR_RDONLY`.
@@ -318,7 +318,8 @@ mod tests {
         let entries = kernel_entries(&report, 3, 5121);
         let ids: Vec<u32> = entries.mounts.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [229, 246, 247]);
-        assert!(entries.mounts.iter().all(|(_, mount)| mount.cgroup_id == 5121 && mount.slot == 3));
+        assert!(entries.mounts.iter().all(|(_, mount)| mount.cgroup_id == 5121));
+        assert!(entries.mounts.iter().all(|(_, mount)| mount.slot == 3));
         assert_eq!(entries.superblocks.len(), 2, "one entry per superblock");
         let root_entry = entries.superblocks.iter().find(|(key, _)| key.dev == 0x2d).unwrap();
         assert_eq!(root_entry.1.shared_with_writable, 1);
