@@ -80,7 +80,7 @@ deep=/deep; i=0; while [ $i -lt 64 ]; do deep=$deep/d$i; i=$((i+1)); done
 mkdir -p $deep && echo deep > $deep/file && echo $deep > /tmp/deep-path
 long=/long; i=0; while [ $i -lt 20 ]; do long=$long/$(printf 'n%.0s' $(seq 250)); i=$((i+1)); done
 echo $long > /tmp/long-name
-cd / && for part in $(tr / ' ' < /tmp/long-name); do mkdir $part && cd $part; done && echo long > file && cd /
+cd / && for part in $(tr / ' ' < /tmp/long-name); do mkdir $part && cd -P $part; done && echo long > file && cd /
 (exec 3>>/data.txt; while [ ! -e /tmp/go ]; do sleep 0.1; done; \
  if echo late >&3; then echo wrote > /tmp/late-result; else echo refused > /tmp/late-result; fi) \
  </dev/null >/dev/null 2>&1 &
@@ -111,7 +111,7 @@ const BYPASSES: [(&str, &str); 8] = [
     ("reopen of a read-only descriptor for writing", "exec 3</data.txt && echo x > /proc/self/fd/3"),
     ("write through ..", "cd /tmp && echo x > ../data.txt"),
     ("write 64 directories deep", "echo x > $(cat /tmp/deep-path)/file"),
-    ("write below a path over 4096 bytes", "cd / && for part in $(tr / ' ' < /tmp/long-name); do cd $part || exit 1; done && echo x > file"),
+    ("write below a path over 4096 bytes", "cd / && for part in $(tr / ' ' < /tmp/long-name); do cd -P $part || exit 1; done && echo x > file"),
     ("chown", "chown 1:1 /data.txt"),
 ];
 
