@@ -288,3 +288,47 @@ async fn audit_mode_lets_mutations_through() -> Result<()> {
     containerd.cleanup().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn require_lsm_starts_with_lsm_backend() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let mut agent = Agent::start(&containerd, &[])?;
+    agent.wait_ready()?;
+    skip_unless_lsm!(agent, containerd);
+    agent.stop()?;
+
+    let dir = containerd.dir().join("require-lsm");
+    std::fs::create_dir_all(dir.join("policies"))?;
+    let api_socket = dir.join("api.sock");
+    let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+    let mut child = std::process::Command::new(parapet_tests::agent::parapet_bin()?)
+        .arg("agent")
+        .arg("--require-lsm")
+        .arg("--policy-dir")
+        .arg(dir.join("policies"))
+        .arg("--cri-socket")
+        .arg(containerd.socket())
+        .arg("--cgroup-root")
+        .arg(containerd.cgroup().v2_path())
+        .args(["--metrics-address", "127.0.0.1:0", "--api-socket"])
+        .arg(&api_socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let started = std::time::Instant::now();
+    while !api_socket.exists() && started.elapsed() < std::time::Duration::from_secs(120) {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("stderr.log"))?;
+            panic!("the agent exited with {status} under --require-lsm:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let serving = api_socket.exists();
+    child.kill()?;
+    child.wait()?;
+    assert!(serving, "the agent did not serve its API socket under --require-lsm");
+    containerd.cleanup().await?;
+    Ok(())
+}
