@@ -216,6 +216,12 @@ async fn read_only_bypasses_refused() -> Result<()> {
         assert_ne!(output.exit_code, 0, "{what} succeeded: {output:?}");
         assert!(output.stderr.contains(EPERM_TEXT), "{what}: {output:?}");
     }
+    // Changes through descriptors, which no path check sees.
+    for operation in ["copy-range", "splice", "fallocate", "ftruncate", "mmap-shared"] {
+        let output = shell(&db, &format!("{NETPROBE} file {operation} /data.txt")).await?;
+        assert_ne!(output.exit_code, 0, "{operation} succeeded: {output:?}");
+        assert!(output.stdout.contains(EPERM_TEXT), "{operation}: {output:?}");
+    }
     // The descriptor opened for writing before the policy arrived.
     shell(&db, "touch /tmp/go").await?;
     let late = shell(&db, "sleep 1; cat /tmp/late-result").await?;
@@ -249,12 +255,27 @@ async fn exec_refused_with_eperm_caller_survives() -> Result<()> {
     );
     let output = shell(&worker, &setup).await?;
     assert_eq!(output.exit_code, 0, "{output:?}");
+    let launcher = Pod::run(&containerd, "launcher", "clinic", &[("app", "launcher")]).await?;
     let lists = "  exec:\n    allow: [/bin/busybox, /bin/sh]\n    deny: [/usr/local/bin/netprobe]\n";
-    let mut agent = Agent::start(&containerd, &[("tools.yaml", &policy("tools", "worker", "enforce", lists))])?;
+    let launcher_lists = format!("  exec:\n    allow: [/bin/busybox, {NETPROBE}]\n");
+    let mut agent = Agent::start(
+        &containerd,
+        &[
+            ("tools.yaml", &policy("tools", "worker", "enforce", lists)),
+            ("launcher.yaml", &policy("launcher", "launcher", "enforce", &launcher_lists)),
+        ],
+    )?;
     agent.wait_ready()?;
     skip_unless_lsm!(agent, containerd);
-    agent.wait_for_log(&["exec lists looked up", &worker.container_id])?;
-    agent.wait_for_log(&["workload enforced", &worker.container_id])?;
+    for pod in [&worker, &launcher] {
+        agent.wait_for_log(&["exec lists looked up", &pod.container_id])?;
+        agent.wait_for_log(&["workload enforced", &pod.container_id])?;
+    }
+    // An allowed program that runs a copy of itself from a memfd: the copy
+    // is another file, so the allow list does not name it.
+    let memfd = shell(&launcher, &format!("{NETPROBE} exec-memfd {NETPROBE}; echo alive")).await?;
+    assert!(memfd.stdout.contains(EPERM_TEXT), "memfd exec: {memfd:?}");
+    assert!(memfd.stdout.contains("alive"), "memfd exec: {memfd:?}");
 
     for path in [NETPROBE, "/linked-probe", "/tmp/copied-probe", "/tmp/script"] {
         let output = shell(&worker, &format!("{path} socket udplite; echo status=$?; echo alive")).await?;
