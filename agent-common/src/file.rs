@@ -16,6 +16,11 @@ pub struct FsPolicy {
 /// `dirfd` of a path relative to the working directory.
 pub const AT_FDCWD: i32 = -100;
 
+/// `FileEvent::dirfd` of a path that an LSM program rebuilt from the
+/// kernel's dentries: absolute in the container's mount namespace, and
+/// marked `truncated` when the kernel cut it short.
+pub const PATH_FROM_KERNEL: i32 = i32::MIN;
+
 /// The mutating syscalls the file programs watch; `FileEvent::op`.
 pub mod op {
     pub const OPENAT: u32 = 1;
@@ -66,6 +71,24 @@ pub mod op {
         matches!(op, FCHMOD | FCHOWN | FSETXATTR | FREMOVEXATTR)
     }
 
+    /// Operations seen by the LSM file programs, named after their hooks.
+    pub const LSM_FILE_OPEN: u32 = 64;
+    pub const LSM_FILE_WRITE: u32 = 65;
+    pub const LSM_FILE_TRUNCATE: u32 = 66;
+    pub const LSM_MMAP_SHARED_WRITE: u32 = 67;
+    pub const LSM_PATH_TRUNCATE: u32 = 68;
+    pub const LSM_PATH_UNLINK: u32 = 69;
+    pub const LSM_PATH_MKDIR: u32 = 70;
+    pub const LSM_PATH_RMDIR: u32 = 71;
+    pub const LSM_PATH_MKNOD: u32 = 72;
+    pub const LSM_PATH_SYMLINK: u32 = 73;
+    pub const LSM_PATH_LINK: u32 = 74;
+    pub const LSM_PATH_RENAME: u32 = 75;
+    pub const LSM_PATH_CHMOD: u32 = 76;
+    pub const LSM_PATH_CHOWN: u32 = 77;
+    pub const LSM_INODE_SETXATTR: u32 = 78;
+    pub const LSM_INODE_REMOVEXATTR: u32 = 79;
+
     /// Returns the syscall name of an op, as in
     /// `/sys/kernel/tracing/events/syscalls`.
     pub fn name(op: u32) -> &'static str {
@@ -110,6 +133,22 @@ pub mod op {
             SETXATTRAT => "setxattrat",
             REMOVEXATTRAT => "removexattrat",
             FILE_SETATTR => "file_setattr",
+            LSM_FILE_OPEN => "file_open",
+            LSM_FILE_WRITE => "file_permission",
+            LSM_FILE_TRUNCATE => "file_truncate",
+            LSM_MMAP_SHARED_WRITE => "mmap_file",
+            LSM_PATH_TRUNCATE => "path_truncate",
+            LSM_PATH_UNLINK => "path_unlink",
+            LSM_PATH_MKDIR => "path_mkdir",
+            LSM_PATH_RMDIR => "path_rmdir",
+            LSM_PATH_MKNOD => "path_mknod",
+            LSM_PATH_SYMLINK => "path_symlink",
+            LSM_PATH_LINK => "path_link",
+            LSM_PATH_RENAME => "path_rename",
+            LSM_PATH_CHMOD => "path_chmod",
+            LSM_PATH_CHOWN => "path_chown",
+            LSM_INODE_SETXATTR => "inode_setxattr",
+            LSM_INODE_REMOVEXATTR => "inode_removexattr",
             _ => "unknown",
         }
     }
@@ -137,10 +176,14 @@ pub struct FileEvent {
     /// The directory descriptor the path is relative to, or `AT_FDCWD`;
     /// for a call on a descriptor, or `utimensat` without a path, the
     /// descriptor itself.
+    /// The directory descriptor the path is relative to, `AT_FDCWD`, or
+    /// `PATH_FROM_KERNEL` for a path an LSM program rebuilt.
     pub dirfd: i32,
-    /// The syscall's return value: `-EROFS` for a refused mutation.
+    /// The syscall's return value: `-EROFS` for a mutation the read-only
+    /// mounts refused, `-EPERM` for one an LSM program refused, 0 for one
+    /// it let through in audit mode.
     pub ret: i64,
-    /// The path as the process gave it.
+    /// The path as the process gave it, or as an LSM program rebuilt it.
     pub path: ExecPath,
     /// The process's program.
     pub binary: ExecPath,

@@ -7,6 +7,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod lsm;
 pub mod net;
 
 /// Names of the kernel maps, as the agent looks them up after loading.
@@ -20,6 +21,9 @@ pub mod map_names {
     pub const EXEC_POLICIES: &str = "EXEC_POLICIES";
     pub const EXEC_RULES: &str = "EXEC_RULES";
     pub const FS_POLICIES: &str = "FS_POLICIES";
+    pub const READ_ONLY_MOUNTS: &str = "READ_ONLY_MOUNTS";
+    pub const READ_ONLY_SUPERBLOCKS: &str = "READ_ONLY_SUPERBLOCKS";
+    pub const LSM_BACKENDS: &str = "LSM_BACKENDS";
 }
 
 /// Names of the kernel programs.
@@ -36,6 +40,28 @@ pub mod program_names {
     /// A BPF LSM program that is loaded at start-up to probe for BPF LSM
     /// support and never attached.
     pub const PROBE_LSM: &str = "parapet_probe_lsm";
+    /// The LSM file programs and the hook each attaches to. A hook missing
+    /// from the kernel (`file_truncate` is new in Linux 6.2) is skipped.
+    pub const LSM_FILE: [(&str, &str); 16] = [
+        ("parapet_file_open", "file_open"),
+        ("parapet_file_permission", "file_permission"),
+        ("parapet_file_truncate", "file_truncate"),
+        ("parapet_mmap_file", "mmap_file"),
+        ("parapet_path_truncate", "path_truncate"),
+        ("parapet_path_unlink", "path_unlink"),
+        ("parapet_path_mkdir", "path_mkdir"),
+        ("parapet_path_rmdir", "path_rmdir"),
+        ("parapet_path_mknod", "path_mknod"),
+        ("parapet_path_symlink", "path_symlink"),
+        ("parapet_path_link", "path_link"),
+        ("parapet_path_rename", "path_rename"),
+        ("parapet_path_chmod", "path_chmod"),
+        ("parapet_path_chown", "path_chown"),
+        ("parapet_inode_setxattr", "inode_setxattr"),
+        ("parapet_inode_removexattr", "inode_removexattr"),
+    ];
+    /// The LSM exec program, on `bprm_check_security`.
+    pub const LSM_EXEC: &str = "parapet_bprm_check_security";
 }
 
 /// Policies that one cgroup can be under at once. Several policies that
@@ -225,4 +251,8 @@ mod pod_impls {
     unsafe impl aya::Pod for super::exec::ExecPolicy {}
     unsafe impl aya::Pod for super::exec::ExeOffsets {}
     unsafe impl aya::Pod for super::file::FsPolicy {}
+    unsafe impl aya::Pod for super::lsm::LsmOffsets {}
+    unsafe impl aya::Pod for super::lsm::ReadOnlyMount {}
+    unsafe impl aya::Pod for super::lsm::ReadOnlySuperblockKey {}
+    unsafe impl aya::Pod for super::lsm::ReadOnlySuperblock {}
 }

@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use parapet_common::{
+    lsm::backend,
     CgroupPolicies, CounterKey, EventHeader, EventKind, ExecPath, MAX_EXEC_PATH, MAX_EXEC_PATHS,
     MAX_POLICY_SLOTS, Mode, NO_RULE, Verdict,
     exec::{
@@ -27,7 +28,7 @@ use parapet_common::{
     },
 };
 
-use crate::{counters::count_decision, events, policed};
+use crate::{counters::count_decision, events, lsm, policed};
 
 /// Exec part of each policy, by policy slot.
 #[map]
@@ -80,7 +81,16 @@ pub fn parapet_exec(ctx: TracePointContext) -> u32 {
     let Some(path) = record_exec(&ctx) else {
         return DONE;
     };
-    check_exec(&policed, path);
+    // Where `bprm_check_security` enforces the lists, it has judged this
+    // program already; the tracepoint only records the path for events.
+    if lsm::active(backend::EXEC) {
+        return DONE;
+    }
+    let (dev, ino) = exe_identity().unwrap_or((0, 0));
+    if judge(&policed, dev, ino, path) == Some(Verdict::Deny) {
+        // SAFETY: the helper only signals the current task.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
     DONE
 }
 
@@ -93,14 +103,14 @@ struct Decision {
     unresolved: bool,
 }
 
+/// Judges the program `dev`/`ino`, named `path`, for a policed process:
+/// counts and reports the decision and returns its verdict, or `None` when
+/// no policy restricts programs. The caller carries out a refusal.
 #[inline(always)]
-fn check_exec(policed: &policed::Policed, path: &ExecPath) {
-    let (dev, ino) = exe_identity().unwrap_or((0, 0));
+pub fn judge(policed: &policed::Policed, dev: u64, ino: u64, path: &ExecPath) -> Option<Verdict> {
     let hash = hash_path(path);
     let resolved = policed.policies.flags & CGROUP_EXEC_RESOLVED != 0;
-    let Some(decision) = decide(policed.policies, dev, ino, hash, resolved) else {
-        return;
-    };
+    let decision = decide(policed.policies, dev, ino, hash, resolved)?;
     count_decision(&CounterKey {
         cgroup_id: policed.policed_cgroup_id,
         policy_slot: decision.policy_slot,
@@ -109,10 +119,7 @@ fn check_exec(policed: &policed::Policed, path: &ExecPath) {
         verdict: decision.verdict as u32,
     });
     report(policed, &decision, dev, ino, path);
-    if decision.verdict == Verdict::Deny {
-        // SAFETY: the helper only signals the current task.
-        unsafe { bpf_send_signal(SIGKILL) };
-    }
+    Some(decision.verdict)
 }
 
 /// Applies every policy with an exec section, as for the network: an
@@ -122,7 +129,13 @@ fn check_exec(policed: &policed::Policed, path: &ExecPath) {
 fn decide(policies: &CgroupPolicies, dev: u64, ino: u64, hash: u64, resolved: bool) -> Option<Decision> {
     let mut allowed: Option<Decision> = None;
     let mut audited: Option<Decision> = None;
-    let denied = policed::find_slot(policies, |slot| {
+    let mut denied: Option<Decision> = None;
+    // The visitor keeps its findings in the variables above and returns
+    // only whether to stop. Where the compiler makes the visitor a BPF
+    // function of its own, a `Decision` returned by value travels through
+    // a stack pointer, which the 6.1 verifier rejects ("cannot return
+    // stack pointer to the caller").
+    policed::find_slot(policies, |slot| {
         let policy = EXEC_POLICIES.get(slot)?;
         if policy.restricted == 0 {
             return None;
@@ -158,7 +171,8 @@ fn decide(policies: &CgroupPolicies, dev: u64, ino: u64, hash: u64, resolved: bo
                 allowed = Some(decision);
             }
         } else if policy.mode == Mode::Enforce as u32 && !decision.unresolved {
-            return Some(decision);
+            denied = Some(decision);
+            return Some(());
         } else if audited.is_none() {
             decision.verdict = Verdict::Audit;
             audited = Some(decision);

@@ -702,6 +702,39 @@ impl KernelBtf {
     }
 
     /// Looks up the offsets in [`ExeIdentityOffsets`].
+    /// Reads the offsets the BPF LSM programs follow: from a `struct file`
+    /// or `struct path` to its mount and dentry, from a `struct vfsmount`
+    /// to the `struct mount` around it and its id, up the dentry and mount
+    /// trees to rebuild a path, and from an inode to its type, link count,
+    /// number and device.
+    pub fn lsm_offsets(&self) -> Result<parapet_common::lsm::LsmOffsets, BtfError> {
+        Ok(parapet_common::lsm::LsmOffsets {
+            valid: 1,
+            file_path_mnt: self.member_offset("file", &["f_path", "mnt"])?,
+            file_path_dentry: self.member_offset("file", &["f_path", "dentry"])?,
+            file_mode: self.member_offset("file", &["f_mode"])?,
+            file_flags: self.member_offset("file", &["f_flags"])?,
+            path_mnt: self.member_offset("path", &["mnt"])?,
+            path_dentry: self.member_offset("path", &["dentry"])?,
+            mount_mnt: self.member_offset("mount", &["mnt"])?,
+            mount_id: self.member_offset("mount", &["mnt_id"])?,
+            mount_parent: self.member_offset("mount", &["mnt_parent"])?,
+            mount_mountpoint: self.member_offset("mount", &["mnt_mountpoint"])?,
+            vfsmount_root: self.member_offset("vfsmount", &["mnt_root"])?,
+            dentry_parent: self.member_offset("dentry", &["d_parent"])?,
+            dentry_name_len: self.member_offset("dentry", &["d_name", "len"])?,
+            dentry_name: self.member_offset("dentry", &["d_name", "name"])?,
+            dentry_inode: self.member_offset("dentry", &["d_inode"])?,
+            inode_mode: self.member_offset("inode", &["i_mode"])?,
+            inode_nlink: self.member_offset("inode", &["i_nlink"])?,
+            inode_ino: self.member_offset("inode", &["i_ino"])?,
+            inode_sb: self.member_offset("inode", &["i_sb"])?,
+            sb_dev: self.member_offset("super_block", &["s_dev"])?,
+            bprm_file: self.member_offset("linux_binprm", &["file"])?,
+            bprm_filename: self.member_offset("linux_binprm", &["filename"])?,
+        })
+    }
+
     pub fn exe_identity_offsets(&self) -> Result<ExeIdentityOffsets, BtfError> {
         Ok(ExeIdentityOffsets {
             task_mm: self.member_offset("task_struct", &["mm"])?,

@@ -100,6 +100,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             "enforcement backend chosen"
         );
     }
+    let lsm_filesystem = backends
+        .iter()
+        .any(|choice| choice.promise == crate::probe::Promise::Filesystem && choice.backend == crate::probe::Backend::Lsm);
+    let read_only_method = if lsm_filesystem {
+        crate::readonly::Method::Lsm
+    } else {
+        crate::readonly::Method::Mounts
+    };
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
@@ -183,6 +191,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         retry_at: None,
         unlisted_since: Default::default(),
         read_only: Default::default(),
+        read_only_method,
         exec_rules: Default::default(),
         sink,
     };
@@ -292,6 +301,9 @@ struct LoopState {
     /// Container cgroups the runtime did not list, since when.
     unlisted_since: std::collections::HashMap<String, Instant>,
     read_only: crate::readonly::Tracker,
+    /// How containers are made read-only: by the LSM programs where they
+    /// attached, else by mount flags.
+    read_only_method: crate::readonly::Method,
     exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,
 }
@@ -434,7 +446,10 @@ impl LoopState {
             self.enforcer.release_slots(&mut kernel, slots);
         }
         drop(kernel);
-        let targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        let mut targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        for target in &mut targets {
+            target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
+        }
         self.enforce_read_only(targets, &containers, &scan.containers).await;
         self.update_status();
         true
@@ -562,6 +577,7 @@ impl LoopState {
                 detail: Some("started before the agent looked up this container's exec lists; not stopped".to_owned()),
                 path: None,
                 resolved_path: None,
+                path_truncated: None,
             });
         }
     }
@@ -575,7 +591,8 @@ impl LoopState {
         cgroups: &std::collections::HashMap<String, crate::cgroups::ContainerCgroup>,
     ) {
         let running = containers.iter().filter(|c| c.running).map(|c| c.id.as_str()).collect();
-        self.read_only.retain(&targets, &running);
+        let removed = self.read_only.retain(&targets, &running);
+        self.write_read_only_entries(&crate::readonly::KernelEntries::default(), &removed);
         // Processes can make mount namespaces of their own; those made
         // before the remount keep writable mounts, so look for new ones.
         let now = Instant::now();
@@ -592,7 +609,7 @@ impl LoopState {
                 }
                 _ => Vec::new(),
             };
-            if !self.read_only.due(&target, &namespaces) {
+            if !self.read_only.due(&target, self.read_only_method, &namespaces) {
                 continue;
             }
             let Some(cri) = self.cri.clone() else {
@@ -610,8 +627,45 @@ impl LoopState {
                 }
             };
             // A fork and a wait, about a millisecond.
-            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid, &namespaces));
+            let method = self.read_only_method;
+            let attempt = tokio::task::block_in_place(|| self.read_only.attempt(target, pid, method, &namespaces));
+            self.write_read_only_entries(&attempt.write, &attempt.remove);
             self.report_read_only(&attempt);
+        }
+    }
+
+    /// Removes the LSM backend's entries in `remove` that `write` does not
+    /// contain, then writes `write`.
+    fn write_read_only_entries(&self, write: &crate::readonly::KernelEntries, remove: &crate::readonly::KernelEntries) {
+        if write.mounts.is_empty() && remove.mounts.is_empty() && remove.superblocks.is_empty() {
+            return;
+        }
+        let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        for (mount_id, _) in &remove.mounts {
+            if write.mounts.iter().any(|(id, _)| id == mount_id) {
+                continue;
+            }
+            if let Err(error) = kernel.read_only_mounts.remove(mount_id) {
+                warn!(mount_id, error = %error, "failed to remove a read-only mount entry");
+            }
+        }
+        for (key, _) in &remove.superblocks {
+            if write.superblocks.iter().any(|(existing, _)| existing == key) {
+                continue;
+            }
+            if let Err(error) = kernel.read_only_superblocks.remove(key) {
+                warn!(cgroup_id = key.cgroup_id, dev = key.dev, error = %error, "failed to remove a read-only superblock entry");
+            }
+        }
+        for (mount_id, value) in &write.mounts {
+            if let Err(error) = kernel.read_only_mounts.insert(mount_id, value, 0) {
+                error!(mount_id, cgroup_id = value.cgroup_id, error = %error, "failed to write a read-only mount entry; the mount stays writable");
+            }
+        }
+        for (key, value) in &write.superblocks {
+            if let Err(error) = kernel.read_only_superblocks.insert(key, value, 0) {
+                error!(cgroup_id = key.cgroup_id, dev = key.dev, error = %error, "failed to write a read-only superblock entry");
+            }
         }
     }
 
@@ -669,6 +723,7 @@ impl LoopState {
                     detail: Some(reason.clone()),
                     path: None,
                     resolved_path: None,
+                    path_truncated: None,
                 });
             }
             // An attempt ends enforced or not; only `retain` releases.

@@ -356,13 +356,21 @@ pub fn read_only_targets(
         let Some(pod) = pods_by_id.get(container.pod_sandbox_id.as_str()) else {
             continue;
         };
-        let applying: Vec<&Policy> = policies
+        let applying_slotted: Vec<&SlottedPolicy> = policies
             .iter()
-            .map(|slotted| &slotted.policy)
-            .filter(|policy| {
-                policy.selects_pod(&pod.namespace, &pod.labels) && policy.selects_container(&container.name)
+            .filter(|slotted| {
+                slotted.policy.selects_pod(&pod.namespace, &pod.labels)
+                    && slotted.policy.selects_container(&container.name)
             })
             .collect();
+        let applying: Vec<&Policy> = applying_slotted.iter().map(|slotted| &slotted.policy).collect();
+        let slot = applying_slotted
+            .iter()
+            .find(|slotted| {
+                slotted.policy.mode == policy::Mode::Enforce
+                    && slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only)
+            })
+            .map_or(0, |slotted| slotted.slot);
         let Some(plan) = policy::read_only_plan(&applying) else {
             continue;
         };
@@ -381,6 +389,8 @@ pub fn read_only_targets(
             },
             writable,
             policies: plan.policies,
+            slot,
+            cgroup_id: None,
         });
     }
     targets

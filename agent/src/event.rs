@@ -55,6 +55,10 @@ pub struct Event {
     /// directory or directory descriptor, where the agent could read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_path: Option<String>,
+    /// For file events: true when the kernel cut `path` short, keeping its
+    /// last components. A cut path is never reported as `resolved_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_truncated: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

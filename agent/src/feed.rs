@@ -127,6 +127,7 @@ mod tests {
             detail: None,
             path: None,
             resolved_path: None,
+            path_truncated: None,
         })
     }
 

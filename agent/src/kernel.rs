@@ -7,14 +7,15 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, TracePoint},
 };
 use parapet_common::{
     CgroupPolicies, CounterKey,
     exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
     file::FsPolicy,
+    lsm::{LsmOffsets, ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey, backend},
     map_names,
     net::NetPolicy,
     program_names,
@@ -76,6 +77,10 @@ pub struct Kernel {
     pub exec_policies: Array<MapData, ExecPolicy>,
     pub exec_rules: HashMap<MapData, ExecRuleKey, ExecRuleValue>,
     pub fs_policies: Array<MapData, FsPolicy>,
+    /// Mounts the LSM file programs keep unchanged, by mount id.
+    pub read_only_mounts: HashMap<MapData, u32, ReadOnlyMount>,
+    /// Superblocks behind those mounts, per container.
+    pub read_only_superblocks: HashMap<MapData, ReadOnlySuperblockKey, ReadOnlySuperblock>,
     /// Whether the exec program can read the identity of executables;
     /// without it, exec lists match by path only.
     pub exe_identity: Result<(), String>,
@@ -111,11 +116,18 @@ impl Kernel {
     pub fn load_and_attach(cgroup: &Path, require_lsm: bool) -> Result<Self, KernelError> {
         ensure_tracefs()?;
         let (offsets, exe_identity) = exe_offsets();
+        let lsm_offsets = lsm_offsets();
         let mut ebpf = EbpfLoader::new()
             .override_global("EXE_OFFSETS", &offsets, true)
+            .override_global("LSM_OFFSETS", &lsm_offsets.clone().unwrap_or_default(), true)
             .load(PROGRAMS)
             .map_err(KernelError::Load)?;
-        let probe = Probe::run(&mut ebpf);
+        let mut probe = Probe::run(&mut ebpf);
+        // The LSM programs are loaded only where the probe found BPF LSM
+        // usable: elsewhere the kernel refuses them anyway.
+        if probe.lsm_usable().is_ok() {
+            attach_lsm(&mut ebpf, &mut probe, &lsm_offsets)?;
+        }
         if require_lsm {
             probe.lsm_backend_in_use().map_err(KernelError::LsmRequired)?;
         }
@@ -176,12 +188,93 @@ impl Kernel {
             exec_policies: take_map(&mut ebpf, map_names::EXEC_POLICIES)?,
             exec_rules: take_map(&mut ebpf, map_names::EXEC_RULES)?,
             fs_policies: take_map(&mut ebpf, map_names::FS_POLICIES)?,
+            read_only_mounts: take_map(&mut ebpf, map_names::READ_ONLY_MOUNTS)?,
+            read_only_superblocks: take_map(&mut ebpf, map_names::READ_ONLY_SUPERBLOCKS)?,
             exe_identity,
             events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
             probe,
             _ebpf: ebpf,
         })
     }
+}
+
+/// Loads and attaches the LSM programs, records the outcome per promise in
+/// `probe`, and sets the `LSM_BACKENDS` flags, with which the exec
+/// tracepoint stops judging programs once `bprm_check_security` does.
+fn attach_lsm(
+    ebpf: &mut Ebpf,
+    probe: &mut Probe,
+    offsets: &Result<LsmOffsets, String>,
+) -> Result<(), KernelError> {
+    if let Err(error) = offsets {
+        let reason = format!("the kernel's BTF lacks a struct member the LSM programs read: {error}");
+        probe.lsm_file = Some(Err(reason.clone()));
+        probe.lsm_exec = Some(Err(reason));
+        return Ok(());
+    }
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(error) => {
+            let reason = format!("no kernel BTF: {error}");
+            probe.lsm_file = Some(Err(reason.clone()));
+            probe.lsm_exec = Some(Err(reason));
+            return Ok(());
+        }
+    };
+    let mut file = Ok(());
+    for (name, hook) in program_names::LSM_FILE {
+        if let Err(error) = load_and_attach_lsm(ebpf, &btf, name, hook) {
+            if hook == "file_truncate" {
+                // Kernels before 6.2 have no such hook; `ftruncate(2)`
+                // reaches `path_truncate` there instead.
+                tracing::debug!(error = %error, "hook file_truncate not attached");
+                continue;
+            }
+            file = Err(error);
+            break;
+        }
+    }
+    let exec = load_and_attach_lsm(ebpf, &btf, program_names::LSM_EXEC, "bprm_check_security");
+    let mut bits = 0;
+    if file.is_ok() {
+        bits |= backend::FILESYSTEM;
+    }
+    if exec.is_ok() {
+        bits |= backend::EXEC;
+    }
+    let name = map_names::LSM_BACKENDS;
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap { name })?;
+    let mut backends: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| KernelError::MapType { name, source })?;
+    backends
+        .set(0, bits, 0)
+        .map_err(|source| KernelError::MapType { name, source })?;
+    probe.lsm_file = Some(file);
+    probe.lsm_exec = Some(exec);
+    Ok(())
+}
+
+fn load_and_attach_lsm(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<(), String> {
+    let program: &mut Lsm = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the object file"))?
+        .try_into()
+        .map_err(|error| format!("{name} is not an LSM program: {error}"))?;
+    program
+        .load(hook, btf)
+        .map_err(|error| format!("failed to load {name} on hook {hook}: {error}"))?;
+    program
+        .attach()
+        .map_err(|error| format!("failed to attach {name} to hook {hook}: {error}"))?;
+    Ok(())
+}
+
+/// Reads the struct member offsets the LSM programs need from the kernel's
+/// BTF.
+fn lsm_offsets() -> Result<LsmOffsets, String> {
+    crate::btf::KernelBtf::from_sys_fs()
+        .and_then(|btf| btf.lsm_offsets())
+        .map_err(|error| error.to_string())
 }
 
 /// Reads the struct member offsets the exec program needs from the

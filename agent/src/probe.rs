@@ -90,6 +90,11 @@ pub struct Probe {
     /// The active LSM list from securityfs, when it could be read. Without
     /// `bpf` in it, BPF LSM programs load and attach but enforce nothing.
     pub active_lsms: Option<String>,
+    /// Whether the LSM file programs loaded and attached; `None` until
+    /// they were tried, which happens only where `lsm_usable` is `Ok`.
+    pub lsm_file: Option<Result<(), String>>,
+    /// The same for the LSM exec program.
+    pub lsm_exec: Option<Result<(), String>>,
 }
 
 impl Probe {
@@ -99,6 +104,8 @@ impl Probe {
         Self {
             lsm_loads: probe_lsm(ebpf),
             active_lsms: read_active_lsms(),
+            lsm_file: None,
+            lsm_exec: None,
         }
     }
 
@@ -112,27 +119,22 @@ impl Probe {
         }
     }
 
-    /// Returns why the LSM backend cannot enforce the filesystem and exec
-    /// promises here, or `Ok` when it can.
+    /// Returns why the LSM backend does not enforce the filesystem and exec
+    /// promises here, or `Ok` when it does.
     pub fn lsm_backend_in_use(&self) -> Result<(), String> {
-        let all_lsm = self
-            .choose()
-            .iter()
-            .filter(|choice| choice.promise != Promise::Network)
-            .all(|choice| choice.backend == Backend::Lsm);
-        if all_lsm {
-            return Ok(());
+        self.lsm_usable()?;
+        for (promise, attached) in [("filesystem", &self.lsm_file), ("exec", &self.lsm_exec)] {
+            match attached {
+                Some(Ok(())) => {}
+                Some(Err(error)) => return Err(format!("the LSM {promise} programs failed: {error}")),
+                None => return Err(format!("the LSM {promise} programs were not loaded")),
+            }
         }
-        match self.lsm_usable() {
-            Ok(()) => Err("this agent has no LSM backend yet".to_owned()),
-            Err(error) => Err(error),
-        }
+        Ok(())
     }
 
-    /// Chooses a backend per promise.
-    ///
-    /// NOTE: the LSM backend is not built yet, so even where BPF LSM is
-    /// usable the fallback backends are chosen, and the reason states it.
+    /// Chooses a backend per promise: the LSM backend wherever BPF LSM is
+    /// usable and its programs attached, else the fallback, with the reason.
     pub fn choose(&self) -> Vec<Choice> {
         let lsm = self.lsm_usable();
         Promise::ALL
@@ -143,8 +145,8 @@ impl Probe {
                         Backend::CgroupSocket,
                         "cgroup socket programs loaded and attached".to_owned(),
                     ),
-                    Promise::Filesystem => (Backend::ReadOnlyMounts, fallback_reason(&lsm)),
-                    Promise::Exec => (Backend::ExecTracepoint, fallback_reason(&lsm)),
+                    Promise::Filesystem => lsm_or(&lsm, &self.lsm_file, Backend::ReadOnlyMounts),
+                    Promise::Exec => lsm_or(&lsm, &self.lsm_exec, Backend::ExecTracepoint),
                 };
                 Choice {
                     promise,
@@ -156,10 +158,19 @@ impl Probe {
     }
 }
 
-fn fallback_reason(lsm: &Result<(), String>) -> String {
-    match lsm {
-        Ok(()) => "BPF LSM is usable here, but this agent has no LSM backend yet".to_owned(),
-        Err(error) => format!("BPF LSM is not usable: {error}"),
+fn lsm_or(
+    usable: &Result<(), String>,
+    attached: &Option<Result<(), String>>,
+    fallback: Backend,
+) -> (Backend, String) {
+    match (usable, attached) {
+        (Err(error), _) => (fallback, format!("BPF LSM is not usable: {error}")),
+        (Ok(()), Some(Ok(()))) => (Backend::Lsm, "BPF LSM programs loaded and attached".to_owned()),
+        (Ok(()), Some(Err(error))) => (
+            fallback,
+            format!("BPF LSM is usable, but loading or attaching its programs failed: {error}"),
+        ),
+        (Ok(()), None) => (fallback, "BPF LSM is usable, but its programs were not loaded".to_owned()),
     }
 }
 
@@ -216,6 +227,8 @@ mod tests {
         Probe {
             lsm_loads,
             active_lsms: active.map(str::to_owned),
+            lsm_file: None,
+            lsm_exec: None,
         }
     }
 
@@ -231,9 +244,16 @@ mod tests {
     }
 
     #[test]
-    fn lsm_backend_required_but_not_built() {
-        let usable = probe(Ok(()), Some("bpf")).lsm_backend_in_use().unwrap_err();
-        assert_eq!(usable, "this agent has no LSM backend yet");
+    fn lsm_backend_in_use_needs_attached_programs() {
+        let mut usable = probe(Ok(()), Some("bpf"));
+        let error = usable.lsm_backend_in_use().unwrap_err();
+        assert_eq!(error, "the LSM filesystem programs were not loaded");
+        usable.lsm_file = Some(Ok(()));
+        usable.lsm_exec = Some(Err("verifier: invalid access".into()));
+        let error = usable.lsm_backend_in_use().unwrap_err();
+        assert_eq!(error, "the LSM exec programs failed: verifier: invalid access");
+        usable.lsm_exec = Some(Ok(()));
+        assert_eq!(usable.lsm_backend_in_use(), Ok(()));
         let refused = probe(Err("EPERM".into()), Some("bpf")).lsm_backend_in_use().unwrap_err();
         assert_eq!(refused, "EPERM");
     }
@@ -248,5 +268,16 @@ mod tests {
         assert!(filesystem.reason.contains("EPERM"), "{}", filesystem.reason);
         assert_eq!(choices[2].backend, Backend::ExecTracepoint);
         assert_eq!(choices[0].backend, Backend::CgroupSocket);
+    }
+
+    #[test]
+    fn lsm_chosen_where_programs_attached() {
+        let mut usable = probe(Ok(()), Some("capability,bpf"));
+        usable.lsm_file = Some(Ok(()));
+        usable.lsm_exec = Some(Err("no such hook".into()));
+        let choices = usable.choose();
+        assert_eq!(choices[1].backend, Backend::Lsm);
+        assert_eq!(choices[2].backend, Backend::ExecTracepoint);
+        assert!(choices[2].reason.contains("no such hook"), "{}", choices[2].reason);
     }
 }

@@ -219,17 +219,31 @@ impl Namer {
                 file_detail(file),
             ),
         };
-        let (path, resolved_path, operation) = match record {
+        let (path, resolved_path, path_truncated, operation) = match record {
             Record::File(file) => {
-                let given = event::exec_path(&file.path).map(|(path, _)| path);
-                let resolved = match given.as_deref() {
-                    Some(path) => resolve_path(header.pid, file.dirfd, path),
-                    // A call on a descriptor: the path is the descriptor's.
-                    None => descriptor_path(header.pid, file.dirfd),
+                let given = event::exec_path(&file.path);
+                let truncated = given.as_ref().is_some_and(|(_, truncated)| *truncated);
+                let given = given.map(|(path, _)| path);
+                let resolved = if file.dirfd == parapet_common::file::PATH_FROM_KERNEL {
+                    // Rebuilt by an LSM program: absolute in the container
+                    // already, unless cut.
+                    given.clone().filter(|_| !truncated)
+                } else {
+                    match given.as_deref() {
+                        Some(_) if truncated => None,
+                        Some(path) => resolve_path(header.pid, file.dirfd, path),
+                        // A call on a descriptor: the path is the descriptor's.
+                        None => descriptor_path(header.pid, file.dirfd),
+                    }
                 };
-                (given, resolved, parapet_common::file::op::name(file.op).to_owned())
+                (
+                    given,
+                    resolved,
+                    Some(truncated),
+                    parapet_common::file::op::name(file.op).to_owned(),
+                )
             }
-            _ => (None, None, event::operation(header).to_owned()),
+            _ => (None, None, None, event::operation(header).to_owned()),
         };
         let (binary, binary_truncated) = match recorded_binary {
             Some((path, truncated)) => (Some(path), truncated),
@@ -264,6 +278,7 @@ impl Namer {
             detail,
             path,
             resolved_path,
+            path_truncated,
         }
     }
 }

@@ -358,3 +358,46 @@ fn kernel_offsets_match_pahole() {
         pahole_offset(&pahole, "super_block", "s_dev")
     );
 }
+
+#[test]
+fn lsm_offsets_match_bpftool() {
+    let check = "lsm_offsets_match_bpftool";
+    let Some(btf) = load_kernel_btf(check) else {
+        return;
+    };
+    let Some(bpftool) = find_tool("bpftool") else {
+        report_skip(check, "bpftool is not installed (Debian package bpftool)");
+        return;
+    };
+    let types = BpftoolTypes::load(&bpftool);
+    let offsets = btf.lsm_offsets().expect("all members exist");
+    assert_eq!(offsets.valid, 1);
+    let members: [(&str, &[&str], u32); 22] = [
+        ("file", &["f_path", "mnt"], offsets.file_path_mnt),
+        ("file", &["f_path", "dentry"], offsets.file_path_dentry),
+        ("file", &["f_mode"], offsets.file_mode),
+        ("file", &["f_flags"], offsets.file_flags),
+        ("path", &["mnt"], offsets.path_mnt),
+        ("path", &["dentry"], offsets.path_dentry),
+        ("mount", &["mnt"], offsets.mount_mnt),
+        ("mount", &["mnt_id"], offsets.mount_id),
+        ("mount", &["mnt_parent"], offsets.mount_parent),
+        ("mount", &["mnt_mountpoint"], offsets.mount_mountpoint),
+        ("vfsmount", &["mnt_root"], offsets.vfsmount_root),
+        ("dentry", &["d_parent"], offsets.dentry_parent),
+        ("dentry", &["d_name", "len"], offsets.dentry_name_len),
+        ("dentry", &["d_name", "name"], offsets.dentry_name),
+        ("dentry", &["d_inode"], offsets.dentry_inode),
+        ("inode", &["i_mode"], offsets.inode_mode),
+        ("inode", &["i_nlink"], offsets.inode_nlink),
+        ("inode", &["i_ino"], offsets.inode_ino),
+        ("inode", &["i_sb"], offsets.inode_sb),
+        ("super_block", &["s_dev"], offsets.sb_dev),
+        ("linux_binprm", &["file"], offsets.bprm_file),
+        ("linux_binprm", &["filename"], offsets.bprm_filename),
+    ];
+    for (structure, path, offset) in members {
+        let expected = types.member_offset(structure, path);
+        assert_eq!(offset, expected, "{structure}.{}", path.join("."));
+    }
+}

@@ -281,6 +281,105 @@ pub fn make_read_only(pid: u32, writable: &[PathBuf]) -> Result<ReadOnlyReport, 
     Ok(report)
 }
 
+/// A mount that must stay unchanged, as the BPF LSM file programs find it:
+/// by its mount id and the device of its superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityMount {
+    /// Mount id, field 1 of mountinfo, unique on the system while the
+    /// mount exists.
+    pub mount_id: u64,
+    /// Device of the superblock in the kernel's encoding.
+    pub dev: u64,
+    pub mount_point: PathBuf,
+}
+
+/// Outcome of [`prepare_read_only_by_identity`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityReport {
+    /// Mounts the LSM programs must keep unchanged: every mount that
+    /// [`make_read_only`] would make read-only or finds read-only already.
+    pub read_only: Vec<IdentityMount>,
+    /// Devices of the superblocks behind the writable mounts: declared
+    /// writable mount points and the mounts writable paths were bound from.
+    pub writable_devs: Vec<u64>,
+    /// As in [`ReadOnlyReport`].
+    pub bound_writable: Vec<PathBuf>,
+    pub missing_writable: Vec<PathBuf>,
+    pub failed: Vec<(PathBuf, i32)>,
+}
+
+impl IdentityReport {
+    /// Returns whether every existing writable path got a mount of its own.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Prepares the container of `pid` for the BPF LSM read-only backend: binds
+/// each writable path that is not a mount point yet onto itself, exactly as
+/// [`make_read_only`] does, so that it gets a mount id of its own, and
+/// returns the mounts whose ids the kernel must treat as read-only. Mount
+/// flags are never changed: the LSM programs refuse the mutations.
+///
+/// A writable path whose bind fails stays on its read-only parent mount,
+/// so a failure never makes more writable than declared. Fails before
+/// changing anything for the same reasons as [`make_read_only`].
+pub fn prepare_read_only_by_identity(pid: u32, writable: &[PathBuf]) -> Result<IdentityReport, MountNsError> {
+    if pid == 0 || pid == 1 {
+        return Err(MountNsError::ReservedPid { pid });
+    }
+    let writable = normalize_writable(pid, writable)?;
+    let target = Target::open(pid)?;
+    let mounts = parse_mountinfo(pid, &target.read_mountinfo()?)?;
+    let plan = plan::build(&mounts, &writable)
+        .map_err(|path| MountNsError::NoContainingMount { pid, path })?;
+    let binds: Vec<(CString, u64)> = plan
+        .binds
+        .iter()
+        .map(|step| (c_path(&step.path), step.containing_mount_id))
+        .collect();
+    let records = if binds.is_empty() {
+        Vec::new()
+    } else {
+        target.run(binds.len(), |writer| {
+            for (step, (path, containing_mount_id)) in (0u32..).zip(&binds) {
+                writer.send(helper::bind_onto_itself(step, path, *containing_mount_id));
+            }
+        })?
+    };
+    let mut report = IdentityReport::default();
+    for mount in &mounts {
+        match plan::classify(mount, &writable) {
+            Disposition::MakeReadOnly | Disposition::AlreadyReadOnly => report.read_only.push(IdentityMount {
+                mount_id: mount.mount_id,
+                dev: mount.dev,
+                mount_point: mount.mount_point.clone(),
+            }),
+            Disposition::Skip(SkipReason::Writable) => report.writable_devs.push(mount.dev),
+            Disposition::Skip(SkipReason::PseudoFilesystem { .. }) => {}
+        }
+    }
+    for path in plan.shared_parent {
+        log_failure(pid, &path, "bind", Syscall::None, libc::EXDEV);
+        report.failed.push((path, libc::EXDEV));
+    }
+    for (step, record) in plan.binds.into_iter().zip(&records) {
+        let mut bind_report = ReadOnlyReport::default();
+        record_bind(pid, &mut bind_report, step.path, record);
+        if !bind_report.bound_writable.is_empty() || record.status == Status::AlreadyMountPoint {
+            if let Some(parent) = mounts.iter().find(|mount| mount.mount_id == step.containing_mount_id) {
+                report.writable_devs.push(parent.dev);
+            }
+        }
+        report.bound_writable.extend(bind_report.bound_writable);
+        report.missing_writable.extend(bind_report.missing_writable);
+        report.failed.extend(bind_report.failed);
+    }
+    report.writable_devs.sort_unstable();
+    report.writable_devs.dedup();
+    Ok(report)
+}
+
 fn record_bind(pid: u32, report: &mut ReadOnlyReport, path: PathBuf, record: &Record) {
     match record.status {
         Status::Done => report.bound_writable.push(path),

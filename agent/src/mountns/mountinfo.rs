@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub(crate) struct MountEntry {
     /// Mount id (field 1), the number that statx(2) returns as `stx_mnt_id`.
     pub mount_id: u64,
+    /// Device of the mount's superblock (field 3, `major:minor`) in the
+    /// kernel's encoding, the value of `super_block.s_dev`.
+    pub dev: u64,
     /// Mount point (field 5), relative to the root of the process whose
     /// mountinfo this is.
     pub mount_point: PathBuf,
@@ -50,7 +53,8 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let mut fields = line.split(|&byte| byte == b' ');
     let mount_id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
     let _parent_id = fields.next()?;
-    let _device = fields.next()?;
+    let (major, minor) = std::str::from_utf8(fields.next()?).ok()?.split_once(':')?;
+    let dev = (major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?;
     let _root = fields.next()?;
     let mount_point = PathBuf::from(OsString::from_vec(unescape(fields.next()?)));
     let read_only = fields
@@ -68,6 +72,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let fs_type = String::from_utf8_lossy(fields.next()?).into_owned();
     Some(MountEntry {
         mount_id,
+        dev,
         mount_point,
         read_only,
         shared,

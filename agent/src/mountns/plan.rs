@@ -166,6 +166,7 @@ mod tests {
     fn mount(id: u64, mount_point: &str, fs_type: &str, read_only: bool) -> MountEntry {
         MountEntry {
             mount_id: id,
+            dev: 0,
             mount_point: PathBuf::from(mount_point),
             read_only,
             shared: false,

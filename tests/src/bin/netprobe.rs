@@ -30,7 +30,9 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe socket udplite|raw|packet|inet-packet\n       \
                      netprobe fchmod|fsetxattr PATH\n       \
                      netprobe openat2 PATH\n       \
-                     netprobe flood udp ADDR PORT COUNT";
+                     netprobe flood udp ADDR PORT COUNT\n       \
+                     netprobe file copy-range|splice|fallocate|ftruncate|mmap-shared PATH\n       \
+                     netprobe exec-memfd PROGRAM";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -49,6 +51,8 @@ fn main() -> ExitCode {
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
         Ok(Command::Flood(target, count)) => flood(target, count),
         Ok(Command::Openat2(path)) => report(create_with_openat2(&path)),
+        Ok(Command::File(operation, path)) => report(file_operation(operation, path)),
+        Ok(Command::ExecMemfd(program)) => report(exec_memfd(program)),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -68,6 +72,10 @@ enum Command {
     Flood(SocketAddr, u64),
     /// A file created with `openat2`.
     Openat2(String),
+    /// One way of changing the file at a path, through a descriptor.
+    File(String, String),
+    /// Copies a program into a memfd and runs it with `execveat`.
+    ExecMemfd(String),
 }
 
 #[derive(Clone, Copy)]
@@ -104,6 +112,8 @@ fn parse(args: &[&str]) -> Result<Command, String> {
             parse_target(addr, port)?,
             count.parse().map_err(|_| format!("invalid count {count:?}"))?,
         )),
+        ["file", operation, path] => Ok(Command::File((*operation).to_owned(), (*path).to_owned())),
+        ["exec-memfd", program] => Ok(Command::ExecMemfd((*program).to_owned())),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
@@ -401,5 +411,87 @@ fn open_socket(family: i32, kind: i32, protocol: i32) -> io::Result<()> {
     }
     // SAFETY: `fd` is the descriptor just returned and owned here.
     unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// Returns the errno of the last failed call as an error when `result` is
+/// negative.
+fn check(result: i64) -> io::Result<i64> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Changes the file at `path` through a descriptor: the data comes from a
+/// pipe or another file, never from a path-based write.
+fn file_operation(operation: String, path: String) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let open = |flags: i32| -> io::Result<i32> {
+        // SAFETY: a NUL-terminated path and plain flags.
+        Ok(check(i64::from(unsafe { libc::open(c_path.as_ptr(), flags) }))? as i32)
+    };
+    match operation.as_str() {
+        "copy-range" => {
+            let source = open(libc::O_RDONLY)?;
+            let target = open(libc::O_WRONLY)?;
+            // SAFETY: valid descriptors and null offsets (use file positions).
+            check(unsafe { libc::copy_file_range(source, std::ptr::null_mut(), target, std::ptr::null_mut(), 4, 0) } as i64)?;
+        }
+        "splice" => {
+            let target = open(libc::O_WRONLY)?;
+            let mut pipe = [0i32; 2];
+            // SAFETY: a two-element array for the pipe's ends.
+            check(i64::from(unsafe { libc::pipe(pipe.as_mut_ptr()) }))?;
+            // SAFETY: writes four bytes from a static buffer.
+            check(unsafe { libc::write(pipe[1], PAYLOAD.as_ptr().cast(), PAYLOAD.len()) } as i64)?;
+            // SAFETY: valid descriptors and null offsets.
+            check(unsafe { libc::splice(pipe[0], std::ptr::null_mut(), target, std::ptr::null_mut(), 4, 0) } as i64)?;
+        }
+        "fallocate" => {
+            let target = open(libc::O_WRONLY)?;
+            // SAFETY: a valid descriptor.
+            check(i64::from(unsafe { libc::fallocate(target, 0, 0, 1 << 20) }))?;
+        }
+        "ftruncate" => {
+            let target = open(libc::O_WRONLY)?;
+            // SAFETY: a valid descriptor.
+            check(i64::from(unsafe { libc::ftruncate(target, 0) }))?;
+        }
+        "mmap-shared" => {
+            let target = open(libc::O_RDWR)?;
+            // SAFETY: maps one page of a valid descriptor; the result is
+            // checked before use.
+            let address = unsafe {
+                libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, target, 0)
+            };
+            if address == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the mapping is one writable page.
+            unsafe { *address.cast::<u8>() = b'!' };
+        }
+        other => return Err(io::Error::other(format!("unknown file operation {other}"))),
+    }
+    Ok(())
+}
+
+/// Copies `program` into a memfd and runs it with `execveat(AT_EMPTY_PATH)`;
+/// returns only when the kernel refused.
+fn exec_memfd(program: String) -> io::Result<()> {
+    let bytes = std::fs::read(&program)?;
+    // SAFETY: a NUL-terminated name and no flags.
+    let memfd = check(i64::from(unsafe { libc::memfd_create(c"probe".as_ptr(), 0) }))? as i32;
+    // SAFETY: `memfd` is ours; the file takes ownership and closes it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(memfd) };
+    file.write_all(&bytes)?;
+    let argv = [c"probe".as_ptr(), c"socket".as_ptr(), c"udplite".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: NUL-terminated argument and environment arrays.
+    let result = unsafe {
+        libc::syscall(libc::SYS_execveat, memfd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    check(result)?;
     Ok(())
 }
