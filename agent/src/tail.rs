@@ -76,7 +76,8 @@ pub enum Output {
     Json,
 }
 
-/// Streams events until the agent closes the connection.
+/// Streams events until the agent closes the connection, which is an error:
+/// the agent closes it only when it stops.
 pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> anyhow::Result<()> {
     let stream = connect(socket).await?;
     let (read_half, mut write_half) = stream.into_split();
@@ -109,7 +110,7 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
         }
         out.flush()?;
     }
-    Ok(())
+    anyhow::bail!("the agent closed the event stream (did it stop or restart?)")
 }
 
 /// One event as a line of text: time, verdict, kind, workload, process,
@@ -147,8 +148,13 @@ fn raw_text_line(event: &Event) -> String {
             .unwrap_or("-")
             .to_owned(),
     };
+    let detail = event
+        .detail
+        .as_deref()
+        .map(|detail| format!(" ({detail})"))
+        .unwrap_or_default();
     format!(
-        "{} {:<5} {} {} {} pid={} {} -> {} policy={} rule={}",
+        "{} {:<5} {} {} {} pid={} {} -> {} policy={} rule={}{detail}",
         event.time,
         event.verdict.as_str(),
         event.kind.as_str(),
@@ -161,6 +167,9 @@ fn raw_text_line(event: &Event) -> String {
         event.rule.as_deref().unwrap_or("none"),
     )
 }
+
+/// How long `status` waits for the agent's answer.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to the agent's API socket.
 pub async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
@@ -178,10 +187,10 @@ pub async fn status(socket: &Path) -> anyhow::Result<crate::status::Status> {
     let (read_half, mut write_half) = stream.into_split();
     let request = serde_json::to_string(&Request::Status {})?;
     write_half.write_all(format!("{request}\n").as_bytes()).await?;
-    let line = BufReader::new(read_half)
-        .lines()
-        .next_line()
-        .await?
+    let mut lines = BufReader::new(read_half).lines();
+    let line = tokio::time::timeout(STATUS_TIMEOUT, lines.next_line())
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent sent no status within {STATUS_TIMEOUT:?}"))??
         .context("the agent closed the connection without a status")?;
     serde_json::from_str(&line).with_context(|| format!("invalid status from the agent: {line}"))
 }
