@@ -76,7 +76,9 @@ fail() {{
 mount -t proc proc /proc || fail "mount proc"
 mount -t sysfs sysfs /sys || fail "mount sysfs"
 mount -t devtmpfs devtmpfs /dev || fail "mount devtmpfs"
-mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "mount tmpfs on /tmp"
+# /tmp stays on the root file system: the binaries keep their host paths,
+# and a workspace under /tmp would be hidden by a mount there.
+mkdir -p /tmp && chmod 1777 /tmp || fail "make /tmp"
 mount -t tmpfs -o mode=755 tmpfs /run || fail "mount tmpfs on /run"
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail "mount cgroup2"
 mount -t securityfs securityfs /sys/kernel/security || fail "mount securityfs"
