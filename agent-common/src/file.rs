@@ -56,7 +56,7 @@ pub mod op {
     pub const UTIMES: u32 = 31;
     pub const UTIME: u32 = 32;
     /// Calls on a file descriptor, which give no path: the event's
-    /// `dirfd` holds the descriptor.
+    /// `dirfd` contains the descriptor.
     pub const FCHMOD: u32 = 33;
     pub const FCHOWN: u32 = 34;
     pub const FSETXATTR: u32 = 35;

@@ -200,7 +200,7 @@ fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
 
 /// Returns the verdict and slot to report: a refusal with EROFS under a
 /// read-only policy is a deny, and a success under an audit-mode one is an
-/// audit. Anything else is not reported. An audit-mode policy sees EROFS
+/// audit. Anything else is not reported. An audit-mode policy gets EROFS
 /// where an earlier enforce-mode one left the mounts read-only.
 #[inline(always)]
 fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {

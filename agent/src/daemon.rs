@@ -301,8 +301,8 @@ struct LoopState {
     /// Container cgroups the runtime did not list, since when.
     unlisted_since: std::collections::HashMap<String, Instant>,
     read_only: crate::readonly::Tracker,
-    /// How containers are made read-only: by the LSM programs where they
-    /// attached, else by mount flags.
+    /// The method that makes containers read-only: the LSM programs where
+    /// they attached, else mount flags.
     read_only_method: crate::readonly::Method,
     exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,

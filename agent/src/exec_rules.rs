@@ -35,7 +35,7 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// The shell that containers' entry points and `kubectl exec` run.
 const SHELL: &str = "/bin/sh";
 
-/// What one lookup found in a container.
+/// The result of one look-up in a container.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lookup {
     /// How many listed paths exist in the container.

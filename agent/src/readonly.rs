@@ -84,7 +84,7 @@ pub enum State {
     Enforced,
     /// The last attempt failed, for the reason given.
     NotEnforced { reason: String },
-    /// No policy asks for it any more, but the mounts made read-only (all
+    /// No policy requests it any more, but the mounts made read-only (all
     /// of them, or some after a failed attempt) stay so until the container
     /// restarts.
     Released,
@@ -246,10 +246,11 @@ impl Tracker {
         }
     }
 
-    /// Forgets containers that are gone, marks running ones that are no
-    /// longer targets as released, and returns the kernel entries the LSM
-    /// backend wrote for both, to be removed: without them the LSM programs
-    /// refuse nothing, so an LSM container is forgotten, not released.
+    /// Forgets containers that are gone and marks running ones that are no
+    /// longer targets as released. Returns the kernel entries the LSM
+    /// backend wrote for both, for the caller to remove. Without those
+    /// entries the LSM programs deny nothing, so an LSM container is
+    /// forgotten rather than released.
     pub fn retain(&mut self, targets: &[Target], running: &std::collections::HashSet<&str>) -> KernelEntries {
         let mut removed = KernelEntries::default();
         self.records.retain(|id, record| {

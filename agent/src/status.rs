@@ -21,7 +21,7 @@ pub struct Status {
     /// Policy reloads rejected since the agent started.
     #[serde(default)]
     pub policy_reload_failures: u64,
-    /// Violations counted by the kernel for the workloads it still knows:
+    /// Violations counted by the kernel for the workloads it still tracks:
     /// refused and audit-mode decisions of every kind.
     #[serde(default)]
     pub violations: u64,

@@ -168,7 +168,7 @@ fn raw_text_line(event: &Event) -> String {
     )
 }
 
-/// How long `status` waits for the agent's answer.
+/// How long `status` waits for the agent's reply.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to the agent's API socket.

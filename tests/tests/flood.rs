@@ -57,7 +57,7 @@ async fn flood_of_denials_is_counted_exactly() -> Result<()> {
     let mut tail = Tail::start(&agent, &["--output", "json", "--pod", "client"])?;
     let before = metric_value(&agent.metrics()?, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
 
-    // Scrape all through the flood and keep the slowest answer.
+    // Scrape all through the flood and keep the slowest response time.
     let flooding = Arc::new(AtomicBool::new(true));
     let scraper = {
         let flooding = Arc::clone(&flooding);

@@ -182,7 +182,7 @@ async fn policy_reaches_a_running_pod() -> Result<()> {
     agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
     assert_read_only(&db).await?;
 
-    // Removing the policy cannot undo the remount; the status says so.
+    // Removing the policy cannot undo the remount, and the status shows it.
     std::fs::remove_file(agent.policy_dir.join("db.yaml"))?;
     let removed = Instant::now();
     loop {

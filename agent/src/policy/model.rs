@@ -33,7 +33,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Returns a short hash of what the policy says, in hex: its name,
+    /// Returns a short hash of the policy's content, in hex: its name,
     /// selector, mode and rules, as this agent parsed them. Layout,
     /// comments and the file it came from do not change it, so nodes that
     /// run the same policy show the same hash.
