@@ -88,6 +88,9 @@ pub mod op {
     pub const LSM_PATH_CHOWN: u32 = 77;
     pub const LSM_INODE_SETXATTR: u32 = 78;
     pub const LSM_INODE_REMOVEXATTR: u32 = 79;
+    pub const LSM_INODE_SET_ACL: u32 = 80;
+    pub const LSM_INODE_REMOVE_ACL: u32 = 81;
+    pub const LSM_FILE_MPROTECT: u32 = 82;
 
     /// Returns the syscall name of an op, as in
     /// `/sys/kernel/tracing/events/syscalls`.
@@ -149,6 +152,9 @@ pub mod op {
             LSM_PATH_CHOWN => "path_chown",
             LSM_INODE_SETXATTR => "inode_setxattr",
             LSM_INODE_REMOVEXATTR => "inode_removexattr",
+            LSM_INODE_SET_ACL => "inode_set_acl",
+            LSM_INODE_REMOVE_ACL => "inode_remove_acl",
+            LSM_FILE_MPROTECT => "file_mprotect",
             _ => "unknown",
         }
     }

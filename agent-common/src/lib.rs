@@ -41,8 +41,8 @@ pub mod program_names {
     /// support and never attached.
     pub const PROBE_LSM: &str = "parapet_probe_lsm";
     /// The LSM file programs and the hook each attaches to. A hook missing
-    /// from the kernel (`file_truncate` is new in Linux 6.2) is skipped.
-    pub const LSM_FILE: [(&str, &str); 16] = [
+    /// from the kernel (those in `LSM_FILE_NEWER`) is skipped.
+    pub const LSM_FILE: [(&str, &str); 19] = [
         ("parapet_file_open", "file_open"),
         ("parapet_file_permission", "file_permission"),
         ("parapet_file_truncate", "file_truncate"),
@@ -59,9 +59,21 @@ pub mod program_names {
         ("parapet_path_chown", "path_chown"),
         ("parapet_inode_setxattr", "inode_setxattr"),
         ("parapet_inode_removexattr", "inode_removexattr"),
+        ("parapet_inode_set_acl", "inode_set_acl"),
+        ("parapet_inode_remove_acl", "inode_remove_acl"),
+        ("parapet_file_mprotect", "file_mprotect"),
     ];
+    /// Hooks new in Linux 6.2. On older kernels `ftruncate(2)` reaches
+    /// `path_truncate`, and POSIX ACLs are set through `inode_setxattr`.
+    pub const LSM_FILE_NEWER: [&str; 3] = ["file_truncate", "inode_set_acl", "inode_remove_acl"];
     /// The LSM exec program, on `bprm_check_security`.
     pub const LSM_EXEC: &str = "parapet_bprm_check_security";
+    /// The LSM network programs and the hook each attaches to.
+    pub const LSM_NET: [(&str, &str); 3] = [
+        ("parapet_socket_create", "socket_create"),
+        ("parapet_socket_connect", "socket_connect"),
+        ("parapet_socket_sendmsg", "socket_sendmsg"),
+    ];
 }
 
 /// Policies that one cgroup can be under at once. Several policies that
@@ -252,6 +264,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::exec::ExeOffsets {}
     unsafe impl aya::Pod for super::file::FsPolicy {}
     unsafe impl aya::Pod for super::lsm::LsmOffsets {}
+    unsafe impl aya::Pod for super::lsm::LsmNetOffsets {}
     unsafe impl aya::Pod for super::lsm::ReadOnlyMount {}
     unsafe impl aya::Pod for super::lsm::ReadOnlySuperblockKey {}
     unsafe impl aya::Pod for super::lsm::ReadOnlySuperblock {}

@@ -51,6 +51,29 @@ pub struct LsmOffsets {
     /// `linux_binprm.file` and `linux_binprm.filename`.
     pub bprm_file: u32,
     pub bprm_filename: u32,
+    /// `vm_area_struct.vm_file` and `vm_area_struct.vm_flags`.
+    pub vma_file: u32,
+    pub vma_flags: u32,
+}
+
+/// Offsets of the socket struct members the LSM network programs follow,
+/// set like `LsmOffsets`. They are apart so that a kernel whose BTF lacks
+/// one of them loses only the LSM network programs. `valid` is 0 when the
+/// agent could not read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmNetOffsets {
+    pub valid: u32,
+    /// `socket.type` (a `short`) and `socket.sk`.
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family` and `sock.sk_protocol` (both `u16`).
+    pub sock_family: u32,
+    pub sock_protocol: u32,
+    /// `msghdr.msg_name`, `msghdr.msg_namelen` and `msghdr.msg_flags`.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
+    pub msghdr_flags: u32,
 }
 
 /// Bits of the one entry of `LSM_BACKENDS`, set by the agent once the LSM
@@ -63,6 +86,9 @@ pub mod backend {
     /// `bprm_check_security` enforces exec lists, so the exec tracepoint
     /// only records program paths and never kills.
     pub const EXEC: u32 = 2;
+    /// The LSM socket programs are attached; the cgroup socket programs
+    /// and the socket tracepoint are then not attached at all.
+    pub const NETWORK: u32 = 4;
 }
 
 /// Value of `READ_ONLY_MOUNTS`, keyed by mount id: a mount of a container

@@ -41,6 +41,8 @@ static LSM_OFFSETS: LsmOffsets = LsmOffsets {
     sb_dev: 0,
     bprm_file: 0,
     bprm_filename: 0,
+    vma_file: 0,
+    vma_flags: 0,
 };
 
 /// `parapet_common::lsm::backend` bits, in entry 0. The agent sets them

@@ -23,8 +23,8 @@
 //! files on a writable file system of their own (a tmpfs, a volume), are
 //! unaffected.
 //!
-//! `inode_setxattr` and `inode_removexattr` get a dentry and no mount, so
-//! they decide by superblock: they refuse on any superblock that backs a
+//! `inode_setxattr`, `inode_removexattr` and the ACL hooks get a dentry
+//! and no mount, so they decide by superblock: they refuse on any superblock that backs a
 //! read-only mount of the container, writable paths bound from it included.
 //!
 //! Only processes of policed cgroups are ever refused: every program
@@ -70,6 +70,8 @@ const PROT_WRITE: u64 = 0x2;
 const MAP_TYPE: u64 = 0x0f;
 const MAP_SHARED: u64 = 0x01;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
+/// `VM_SHARED` in `vm_area_struct.vm_flags`.
+const VM_SHARED: u64 = 0x08;
 /// File type bits of `i_mode`.
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
@@ -258,6 +260,49 @@ pub fn parapet_inode_removexattr(ctx: LsmContext) -> i32 {
         return verdict;
     }
     check_dentry(op::LSM_INODE_REMOVEXATTR, ctx.arg(1))
+}
+
+/// POSIX ACL changes, from Linux 6.2 on; older kernels set ACLs through
+/// `inode_setxattr`.
+#[lsm(hook = "inode_set_acl")]
+pub fn parapet_inode_set_acl(ctx: LsmContext) -> i32 {
+    if let Some(verdict) = previous_verdict(ctx.arg(4)) {
+        return verdict;
+    }
+    check_dentry(op::LSM_INODE_SET_ACL, ctx.arg(1))
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn parapet_inode_remove_acl(ctx: LsmContext) -> i32 {
+    if let Some(verdict) = previous_verdict(ctx.arg(3)) {
+        return verdict;
+    }
+    check_dentry(op::LSM_INODE_REMOVE_ACL, ctx.arg(1))
+}
+
+/// `mprotect(2)` that makes a shared file mapping writable, which would
+/// let stores reach the file as a shared writable `mmap` does.
+#[lsm(hook = "file_mprotect")]
+pub fn parapet_file_mprotect(ctx: LsmContext) -> i32 {
+    let vma: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if let Some(verdict) = previous_verdict(ctx.arg(3)) {
+        return verdict;
+    }
+    if prot & PROT_WRITE == 0 {
+        return ALLOW;
+    }
+    let Some(offsets) = offsets() else {
+        return ALLOW;
+    };
+    let flags: u64 = read(vma, offsets.vma_flags).unwrap_or(0);
+    if flags & VM_SHARED == 0 {
+        return ALLOW;
+    }
+    let Some(file) = read_ptr(vma, offsets.vma_file) else {
+        return ALLOW;
+    };
+    check_file(&offsets, op::LSM_FILE_MPROTECT, file)
 }
 
 /// Checks a change through an open file.

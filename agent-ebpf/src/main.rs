@@ -14,6 +14,7 @@ mod file;
 mod lsm;
 mod lsm_exec;
 mod lsm_file;
+mod lsm_net;
 mod net;
 mod policed;
 mod probe;

@@ -30,9 +30,11 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const AF_PACKET: u32 = 17;
 const AF_XDP: u32 = 44;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
 const SOCK_PACKET: u32 = 10;
-const IPPROTO_MPTCP: u32 = 262;
+pub(crate) const IPPROTO_MPTCP: u32 = 262;
 
 #[cgroup_sock(sock_create)]
 pub fn parapet_sock_create(ctx: SockContext) -> i32 {
@@ -128,11 +130,28 @@ fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
     }
 }
 
+/// Returns whether a `socket(2)` request, with the protocol as the caller
+/// gave it (0 for the default of the type), asks for a socket that could
+/// reach a peer without passing the connect and sendmsg checks: a packet or
+/// XDP socket, or an IP socket other than TCP, MPTCP and UDP.
+#[inline(always)]
+pub(crate) fn uncheckable_request(family: u32, sock_type: u32, protocol: u32) -> bool {
+    match family {
+        AF_PACKET | AF_XDP => true,
+        AF_INET | AF_INET6 => match sock_type {
+            SOCK_STREAM => !(protocol == 0 || protocol == PROTOCOL_TCP || protocol == IPPROTO_MPTCP),
+            SOCK_DGRAM => !(protocol == 0 || protocol == PROTOCOL_UDP),
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// Decides on such a socket: every policy that restricts egress refuses it, an
 /// enforce-mode one denies it, audit-mode ones only report it. Returns
 /// `None` when no policy of the cgroup restricts egress.
 #[inline(always)]
-fn decide(policies: &CgroupPolicies) -> Option<Decision> {
+pub(crate) fn decide(policies: &CgroupPolicies) -> Option<Decision> {
     let mut audited: Option<Decision> = None;
     let denied = policed::find_slot(policies, |slot| {
         let policy = NET_POLICIES.get(slot)?;

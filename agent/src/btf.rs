@@ -732,6 +732,21 @@ impl KernelBtf {
             sb_dev: self.member_offset("super_block", &["s_dev"])?,
             bprm_file: self.member_offset("linux_binprm", &["file"])?,
             bprm_filename: self.member_offset("linux_binprm", &["filename"])?,
+            vma_file: self.member_offset("vm_area_struct", &["vm_file"])?,
+            vma_flags: self.member_offset("vm_area_struct", &["vm_flags"])?,
+        })
+    }
+
+    pub fn lsm_net_offsets(&self) -> Result<parapet_common::lsm::LsmNetOffsets, BtfError> {
+        Ok(parapet_common::lsm::LsmNetOffsets {
+            valid: 1,
+            socket_type: self.member_offset("socket", &["type"])?,
+            socket_sk: self.member_offset("socket", &["sk"])?,
+            sock_family: self.member_offset("sock", &["__sk_common", "skc_family"])?,
+            sock_protocol: self.member_offset("sock", &["sk_protocol"])?,
+            msghdr_name: self.member_offset("msghdr", &["msg_name"])?,
+            msghdr_namelen: self.member_offset("msghdr", &["msg_namelen"])?,
+            msghdr_flags: self.member_offset("msghdr", &["msg_flags"])?,
         })
     }
 

@@ -76,6 +76,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     })?;
     let v2_mount = cgroups::find_v2_mount()?;
     let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
+    let loading = std::time::Instant::now();
     let mut kernel = match Kernel::load_and_attach(&attach, options.require_lsm) {
         Ok(kernel) => kernel,
         Err(error @ crate::kernel::KernelError::LsmRequired(_)) => return Err(error.into()),
@@ -84,10 +85,20 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 .context(format!("failed to set up the kernel programs on {}", attach.display())));
         }
     };
-    info!(
-        cgroup = %attach.display(),
-        "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup, sched_process_exec and sys_enter_socket tracepoints"
-    );
+    let load_ms = loading.elapsed().as_millis();
+    if kernel.probe.lsm_net == Some(Ok(())) {
+        info!(
+            cgroup = %attach.display(),
+            load_ms,
+            "kernel programs attached: socket_create, socket_connect and socket_sendmsg LSM hooks, sched_process_exec tracepoint"
+        );
+    } else {
+        info!(
+            cgroup = %attach.display(),
+            load_ms,
+            "kernel programs attached: connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup, sched_process_exec and sys_enter_socket tracepoints"
+        );
+    }
     if let Err(reason) = &kernel.exe_identity {
         warn!(reason = %reason, "exec lists match by path only: the identity of executables cannot be read on this kernel");
     }

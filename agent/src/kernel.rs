@@ -15,7 +15,7 @@ use parapet_common::{
     CgroupPolicies, CounterKey,
     exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
     file::FsPolicy,
-    lsm::{LsmOffsets, ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey, backend},
+    lsm::{LsmNetOffsets, LsmOffsets, ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey, backend},
     map_names,
     net::NetPolicy,
     program_names,
@@ -117,16 +117,18 @@ impl Kernel {
         ensure_tracefs()?;
         let (offsets, exe_identity) = exe_offsets();
         let lsm_offsets = lsm_offsets();
+        let lsm_net_offsets = lsm_net_offsets();
         let mut ebpf = EbpfLoader::new()
             .override_global("EXE_OFFSETS", &offsets, true)
             .override_global("LSM_OFFSETS", &lsm_offsets.clone().unwrap_or_default(), true)
+            .override_global("LSM_NET_OFFSETS", &lsm_net_offsets.clone().unwrap_or_default(), true)
             .load(PROGRAMS)
             .map_err(KernelError::Load)?;
         let mut probe = Probe::run(&mut ebpf);
         // The LSM programs are loaded only where the probe found BPF LSM
         // usable: elsewhere the kernel refuses them anyway.
         if probe.lsm_usable().is_ok() {
-            attach_lsm(&mut ebpf, &mut probe, &lsm_offsets)?;
+            attach_lsm(&mut ebpf, &mut probe, &lsm_offsets, &lsm_net_offsets)?;
         }
         if require_lsm {
             probe.lsm_backend_in_use().map_err(KernelError::LsmRequired)?;
@@ -136,27 +138,11 @@ impl Kernel {
             source,
         })?;
 
-        // aya attaches through a BPF link on kernels from 5.7 on. The
-        // kernel rejects any flag on a cgroup link (EINVAL) and always
-        // runs link programs next to the others on the cgroup, as
-        // BPF_F_ALLOW_MULTI would.
-        for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| KernelError::LoadProgram { name, source })?;
-            program
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(|source| attach_error(name, cgroup, source))?;
+        // Where the LSM socket programs are attached they keep the network
+        // promise alone, and refuse packet sockets without killing anyone.
+        if !matches!(probe.lsm_net, Some(Ok(()))) {
+            attach_socket_programs(&mut ebpf, &cgroup_file, cgroup)?;
         }
-        let name = program_names::SOCK_CREATE;
-        let sock_create: &mut CgroupSock = program_mut(&mut ebpf, name)?;
-        sock_create
-            .load()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
-        sock_create
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(|source| attach_error(name, cgroup, source))?;
 
         attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
         for syscall in FILE_SYSCALLS {
@@ -179,7 +165,6 @@ impl Kernel {
                 }
             }
         }
-        attach_tracepoint(&mut ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")?;
         Ok(Self {
             cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
             net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
@@ -198,6 +183,33 @@ impl Kernel {
     }
 }
 
+/// Attaches the cgroup socket programs to the cgroup v2 directory `cgroup`,
+/// and the `socket(2)` tracepoint that catches packet sockets.
+fn attach_socket_programs(ebpf: &mut Ebpf, cgroup_file: &File, cgroup: &Path) -> Result<(), KernelError> {
+        // aya attaches through a BPF link on kernels from 5.7 on. The
+        // kernel rejects any flag on a cgroup link (EINVAL) and always
+        // runs link programs next to the others on the cgroup, as
+        // BPF_F_ALLOW_MULTI would.
+        for name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            program
+                .attach(cgroup_file, CgroupAttachMode::Single)
+                .map_err(|source| attach_error(name, cgroup, source))?;
+        }
+        let name = program_names::SOCK_CREATE;
+        let sock_create: &mut CgroupSock = program_mut(ebpf, name)?;
+        sock_create
+            .load()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        sock_create
+            .attach(cgroup_file, CgroupAttachMode::Single)
+            .map_err(|source| attach_error(name, cgroup, source))?;
+        attach_tracepoint(ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")
+}
+
 /// Loads and attaches the LSM programs, records the outcome per promise in
 /// `probe`, and sets the `LSM_BACKENDS` flags, with which the exec
 /// tracepoint stops judging programs once `bprm_check_security` does.
@@ -205,42 +217,43 @@ fn attach_lsm(
     ebpf: &mut Ebpf,
     probe: &mut Probe,
     offsets: &Result<LsmOffsets, String>,
+    net_offsets: &Result<LsmNetOffsets, String>,
 ) -> Result<(), KernelError> {
-    if let Err(error) = offsets {
-        let reason = format!("the kernel's BTF lacks a struct member the LSM programs read: {error}");
-        probe.lsm_file = Some(Err(reason.clone()));
-        probe.lsm_exec = Some(Err(reason));
-        return Ok(());
-    }
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(error) => {
             let reason = format!("no kernel BTF: {error}");
             probe.lsm_file = Some(Err(reason.clone()));
-            probe.lsm_exec = Some(Err(reason));
+            probe.lsm_exec = Some(Err(reason.clone()));
+            probe.lsm_net = Some(Err(reason));
             return Ok(());
         }
     };
-    let mut file = Ok(());
-    for (name, hook) in program_names::LSM_FILE {
-        if let Err(error) = load_and_attach_lsm(ebpf, &btf, name, hook) {
-            if hook == "file_truncate" {
-                // Kernels before 6.2 have no such hook; `ftruncate(2)`
-                // reaches `path_truncate` there instead.
-                tracing::debug!(error = %error, "hook file_truncate not attached");
-                continue;
-            }
-            file = Err(error);
-            break;
+    let (file, exec) = match offsets {
+        Err(error) => {
+            let reason = format!("the kernel's BTF lacks a struct member the LSM programs read: {error}");
+            (Err(reason.clone()), Err(reason))
         }
-    }
-    let exec = load_and_attach_lsm(ebpf, &btf, program_names::LSM_EXEC, "bprm_check_security");
+        Ok(_) => (
+            attach_lsm_file(ebpf, &btf),
+            load_and_attach_lsm(ebpf, &btf, program_names::LSM_EXEC, "bprm_check_security"),
+        ),
+    };
+    let net = match net_offsets {
+        Err(error) => Err(format!(
+            "the kernel's BTF lacks a struct member the LSM socket programs read: {error}"
+        )),
+        Ok(_) => attach_lsm_net(ebpf, &btf),
+    };
     let mut bits = 0;
     if file.is_ok() {
         bits |= backend::FILESYSTEM;
     }
     if exec.is_ok() {
         bits |= backend::EXEC;
+    }
+    if net.is_ok() {
+        bits |= backend::NETWORK;
     }
     let name = map_names::LSM_BACKENDS;
     let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap { name })?;
@@ -251,6 +264,40 @@ fn attach_lsm(
         .map_err(|source| KernelError::MapType { name, source })?;
     probe.lsm_file = Some(file);
     probe.lsm_exec = Some(exec);
+    probe.lsm_net = Some(net);
+    Ok(())
+}
+
+fn attach_lsm_file(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    for (name, hook) in program_names::LSM_FILE {
+        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook) {
+            if program_names::LSM_FILE_NEWER.contains(&hook) {
+                tracing::debug!(hook, error = %error, "hook not attached: it is new in Linux 6.2");
+                continue;
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the three LSM socket programs, or none: where one fails, those
+/// already attached are detached, so that the cgroup socket programs that
+/// then keep the promise do not judge each call twice.
+fn attach_lsm_net(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    for (index, (name, hook)) in program_names::LSM_NET.iter().enumerate() {
+        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook) {
+            for (attached, _) in &program_names::LSM_NET[..index] {
+                let program: Option<&mut Lsm> = ebpf
+                    .program_mut(attached)
+                    .and_then(|program| program.try_into().ok());
+                if let Some(Err(unload)) = program.map(Lsm::unload) {
+                    return Err(format!("{error}; detaching {attached} failed too: {unload}"));
+                }
+            }
+            return Err(error);
+        }
+    }
     Ok(())
 }
 
@@ -274,6 +321,14 @@ fn load_and_attach_lsm(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Re
 fn lsm_offsets() -> Result<LsmOffsets, String> {
     crate::btf::KernelBtf::from_sys_fs()
         .and_then(|btf| btf.lsm_offsets())
+        .map_err(|error| error.to_string())
+}
+
+/// Reads the struct member offsets the LSM socket programs need from the
+/// kernel's BTF.
+fn lsm_net_offsets() -> Result<LsmNetOffsets, String> {
+    crate::btf::KernelBtf::from_sys_fs()
+        .and_then(|btf| btf.lsm_net_offsets())
         .map_err(|error| error.to_string())
 }
 

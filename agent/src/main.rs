@@ -51,7 +51,7 @@ struct AgentArgs {
     #[arg(long, default_value_t = parapet::identity::DEFAULT_RETENTION.as_secs())]
     removed_workload_retention: u64,
     /// Refuse to start unless the BPF LSM backend can enforce the
-    /// filesystem and exec promises.
+    /// network, filesystem and exec promises.
     #[arg(long)]
     require_lsm: bool,
     /// Log format on standard error.

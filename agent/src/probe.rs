@@ -34,7 +34,7 @@ impl Promise {
     /// Returns every backend that can keep this promise, strongest first.
     pub fn backends(self) -> &'static [Backend] {
         match self {
-            Self::Network => &[Backend::CgroupSocket],
+            Self::Network => &[Backend::Lsm, Backend::CgroupSocket],
             Self::Filesystem => &[Backend::Lsm, Backend::ReadOnlyMounts],
             Self::Exec => &[Backend::Lsm, Backend::ExecTracepoint],
         }
@@ -95,6 +95,8 @@ pub struct Probe {
     pub lsm_file: Option<Result<(), String>>,
     /// The same for the LSM exec program.
     pub lsm_exec: Option<Result<(), String>>,
+    /// The same for the LSM socket programs.
+    pub lsm_net: Option<Result<(), String>>,
 }
 
 impl Probe {
@@ -106,6 +108,7 @@ impl Probe {
             active_lsms: read_active_lsms(),
             lsm_file: None,
             lsm_exec: None,
+            lsm_net: None,
         }
     }
 
@@ -119,11 +122,15 @@ impl Probe {
         }
     }
 
-    /// Returns why the LSM backend does not enforce the filesystem and exec
-    /// promises here, or `Ok` when it does.
+    /// Returns why the LSM backend does not enforce all three promises
+    /// here, or `Ok` when it does.
     pub fn lsm_backend_in_use(&self) -> Result<(), String> {
         self.lsm_usable()?;
-        for (promise, attached) in [("filesystem", &self.lsm_file), ("exec", &self.lsm_exec)] {
+        for (promise, attached) in [
+            ("network", &self.lsm_net),
+            ("filesystem", &self.lsm_file),
+            ("exec", &self.lsm_exec),
+        ] {
             match attached {
                 Some(Ok(())) => {}
                 Some(Err(error)) => return Err(format!("the LSM {promise} programs failed: {error}")),
@@ -141,10 +148,13 @@ impl Probe {
             .iter()
             .map(|&promise| {
                 let (backend, reason) = match promise {
-                    Promise::Network => (
-                        Backend::CgroupSocket,
-                        "cgroup socket programs loaded and attached".to_owned(),
-                    ),
+                    Promise::Network => match lsm_or(&lsm, &self.lsm_net, Backend::CgroupSocket) {
+                        (Backend::CgroupSocket, why) => (
+                            Backend::CgroupSocket,
+                            format!("cgroup socket programs loaded and attached; {why}"),
+                        ),
+                        chosen => chosen,
+                    },
                     Promise::Filesystem => lsm_or(&lsm, &self.lsm_file, Backend::ReadOnlyMounts),
                     Promise::Exec => lsm_or(&lsm, &self.lsm_exec, Backend::ExecTracepoint),
                 };
@@ -229,6 +239,7 @@ mod tests {
             active_lsms: active.map(str::to_owned),
             lsm_file: None,
             lsm_exec: None,
+            lsm_net: None,
         }
     }
 
@@ -246,6 +257,9 @@ mod tests {
     #[test]
     fn lsm_backend_in_use_needs_attached_programs() {
         let mut usable = probe(Ok(()), Some("bpf"));
+        let error = usable.lsm_backend_in_use().unwrap_err();
+        assert_eq!(error, "the LSM network programs were not loaded");
+        usable.lsm_net = Some(Ok(()));
         let error = usable.lsm_backend_in_use().unwrap_err();
         assert_eq!(error, "the LSM filesystem programs were not loaded");
         usable.lsm_file = Some(Ok(()));
@@ -268,6 +282,7 @@ mod tests {
         assert!(filesystem.reason.contains("EPERM"), "{}", filesystem.reason);
         assert_eq!(choices[2].backend, Backend::ExecTracepoint);
         assert_eq!(choices[0].backend, Backend::CgroupSocket);
+        assert!(choices[0].reason.contains("BPF LSM is not usable"), "{}", choices[0].reason);
     }
 
     #[test]
@@ -275,7 +290,9 @@ mod tests {
         let mut usable = probe(Ok(()), Some("capability,bpf"));
         usable.lsm_file = Some(Ok(()));
         usable.lsm_exec = Some(Err("no such hook".into()));
+        usable.lsm_net = Some(Ok(()));
         let choices = usable.choose();
+        assert_eq!(choices[0].backend, Backend::Lsm);
         assert_eq!(choices[1].backend, Backend::Lsm);
         assert_eq!(choices[2].backend, Backend::ExecTracepoint);
         assert!(choices[2].reason.contains("no such hook"), "{}", choices[2].reason);

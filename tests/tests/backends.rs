@@ -30,13 +30,15 @@ async fn chosen_backends_are_reported() -> Result<()> {
         let labels = [("promise", promise.as_str()), ("backend", backend.as_str())];
         assert_eq!(metric_value(&metrics, "parapet_backend_info", &labels), Some(1.0), "{metrics}");
     }
-    let network = [("promise", "network"), ("backend", "cgroup-socket")];
-    assert_eq!(metric_value(&metrics, "parapet_backend_info", &network), Some(1.0));
+    // Every promise has two backends: BPF LSM, and the one used without it.
     let unused = metrics
         .lines()
         .filter(|line| line.starts_with("parapet_backend_info{") && line.ends_with(" 0"))
         .count();
-    assert_eq!(unused, 2, "one unused backend each for filesystem and exec:\n{metrics}");
+    assert_eq!(unused, 3, "one unused backend per promise:\n{metrics}");
+    let network = &backends[0];
+    assert_eq!(network.0, "network");
+    assert!(["lsm", "cgroup-socket"].contains(&network.1.as_str()), "{backends:?}");
 
     agent.stop()?;
     containerd.cleanup().await?;
@@ -53,11 +55,7 @@ async fn require_lsm_refuses_without_the_lsm_backend() -> Result<()> {
     probe.wait_ready()?;
     let status = probe.status().await?;
     probe.stop()?;
-    let lsm_in_use = status
-        .backends
-        .iter()
-        .filter(|choice| choice.promise.as_str() != "network")
-        .all(|choice| choice.backend.as_str() == "lsm");
+    let lsm_in_use = status.backends.iter().all(|choice| choice.backend.as_str() == "lsm");
     if lsm_in_use {
         println!("SKIPPED: require_lsm_refuses_without_the_lsm_backend: the LSM backend is in use here");
         containerd.cleanup().await?;

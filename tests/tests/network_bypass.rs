@@ -56,12 +56,22 @@ async fn uncheckable_sockets_are_refused() -> Result<()> {
         let output = probe(&client, &["socket", kind]).await?;
         assert!(is_eperm(&output), "{kind} socket in a policed pod: {output}");
     }
-    // Packet sockets pass no cgroup socket hook: the process is killed
-    // before socket(2) returns, so it prints nothing.
+    // Packet sockets pass no cgroup socket hook: without BPF LSM the
+    // process is killed before socket(2) returns, so it prints nothing.
+    // The LSM socket_create hook refuses them with EPERM instead.
+    let status = agent.status().await?;
+    let lsm = status
+        .backends
+        .iter()
+        .any(|choice| choice.promise.as_str() == "network" && choice.backend.as_str() == "lsm");
     for kind in ["packet", "inet-packet"] {
         let packet = client.exec(&["netprobe", "socket", kind]).await?;
-        assert_eq!(packet.exit_code, 128 + libc::SIGKILL, "{kind}: {packet:?}");
-        assert_eq!(packet.stdout, "", "{kind}: {packet:?}");
+        if lsm {
+            assert!(is_eperm(packet.stdout_trimmed()), "{kind}: {packet:?}");
+        } else {
+            assert_eq!(packet.exit_code, 128 + libc::SIGKILL, "{kind}: {packet:?}");
+            assert_eq!(packet.stdout, "", "{kind}: {packet:?}");
+        }
     }
     for kind in ["udplite", "raw", "packet", "inet-packet"] {
         let unpoliced = probe(&bystander, &["socket", kind]).await?;

@@ -472,6 +472,22 @@ fn file_operation(operation: String, path: String) -> io::Result<()> {
             // SAFETY: the mapping is one writable page.
             unsafe { *address.cast::<u8>() = b'!' };
         }
+        "acl" => {
+            // The POSIX ACL of mode 644 as the kernel stores it: version 2,
+            // then the owner, group and other entries (tag, permissions, id).
+            let mut acl = 2u32.to_le_bytes().to_vec();
+            for (tag, permissions) in [(0x01u16, 6u16), (0x04, 4), (0x20, 4)] {
+                acl.extend_from_slice(&tag.to_le_bytes());
+                acl.extend_from_slice(&permissions.to_le_bytes());
+                acl.extend_from_slice(&u32::MAX.to_le_bytes());
+            }
+            // SAFETY: a NUL-terminated path and name, and a buffer of the
+            // length given.
+            let result = unsafe {
+                libc::setxattr(c_path.as_ptr(), c"system.posix_acl_access".as_ptr(), acl.as_ptr().cast(), acl.len(), 0)
+            };
+            check(i64::from(result))?;
+        }
         other => return Err(io::Error::other(format!("unknown file operation {other}"))),
     }
     Ok(())
