@@ -446,7 +446,12 @@ impl LoopState {
             self.enforcer.release_slots(&mut kernel, slots);
         }
         drop(kernel);
-        let mut targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        let mut targets = crate::enforce::read_only_targets(
+            self.enforcer.policies(),
+            &pods,
+            &containers,
+            self.read_only_method,
+        );
         for target in &mut targets {
             target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
         }
@@ -682,15 +687,27 @@ impl LoopState {
             );
         }
         match &attempt.state {
-            crate::readonly::State::Enforced => info!(
-                namespace = %identity.namespace,
-                pod = %identity.pod,
-                container = identity.container.as_deref().unwrap_or(""),
-                container_id = %attempt.target.container_id,
-                writable = ?attempt.target.writable,
-                took_us = attempt.took.as_micros() as u64,
-                "filesystem made read-only"
-            ),
+            crate::readonly::State::Enforced => match &attempt.target.enforced_writable {
+                Some(writable) => info!(
+                    namespace = %identity.namespace,
+                    pod = %identity.pod,
+                    container = identity.container.as_deref().unwrap_or(""),
+                    container_id = %attempt.target.container_id,
+                    writable = ?writable,
+                    audited_writable = ?attempt.target.audited_writable,
+                    took_us = attempt.took.as_micros() as u64,
+                    "filesystem made read-only"
+                ),
+                None => info!(
+                    namespace = %identity.namespace,
+                    pod = %identity.pod,
+                    container = identity.container.as_deref().unwrap_or(""),
+                    container_id = %attempt.target.container_id,
+                    writable = ?attempt.target.audited_writable,
+                    took_us = attempt.took.as_micros() as u64,
+                    "filesystem mutations audited"
+                ),
+            },
             crate::readonly::State::NotEnforced { reason } => {
                 error!(
                     namespace = %identity.namespace,
