@@ -828,24 +828,27 @@ impl LoopState {
         let mut read_only: Vec<ReadOnlyStatus> = self
             .read_only
             .states()
-            .map(|(container_id, state)| match state {
+            .map(|(container_id, state, audit_only)| match state {
                 crate::readonly::State::Enforced => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: true,
                     reason: None,
                     released: false,
+                    audit_only,
                 },
                 crate::readonly::State::NotEnforced { reason } => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: false,
                     reason: Some(reason.clone()),
                     released: false,
+                    audit_only,
                 },
                 crate::readonly::State::Released => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: false,
                     reason: None,
                     released: true,
+                    audit_only,
                 },
             })
             .collect();

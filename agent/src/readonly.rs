@@ -168,9 +168,12 @@ impl Tracker {
         }
     }
 
-    /// Returns every record, for the status.
-    pub fn states(&self) -> impl Iterator<Item = (&str, &State)> {
-        self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
+    /// Returns every record, for the status, with whether only audit-mode
+    /// policies make the container read-only.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &State, bool)> {
+        self.records
+            .iter()
+            .map(|(id, record)| (id.as_str(), &record.state, record.enforced_writable.is_none()))
     }
 
     /// Makes every mount namespace of the container read-only, through one

@@ -23,7 +23,7 @@ use super::uring::{Ring, UringError};
 /// failed test leaves no process waiting forever in its pod.
 const TRIGGER_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Size `ftruncate` asks for: larger than the test file, so that the
+/// Size that `ftruncate` sets: larger than the test file, so that the
 /// mapping of its first page stays inside the file whichever attempts
 /// succeeded.
 const TRUNCATED_SIZE: i64 = 4096;
@@ -52,6 +52,9 @@ pub fn run(path: &str, trigger: &str, result: &str) -> io::Result<()> {
     std::fs::rename(&partial, result)
 }
 
+/// One change through the ring on a descriptor.
+type RingAttempt = fn(&mut Ring, RawFd) -> Result<(), UringError>;
+
 /// Tries every change on `fd` and returns each outcome by name.
 fn attempts(fd: RawFd) -> Vec<(&'static str, Result<(), UringError>)> {
     let plain = |result: io::Result<()>| result.map_err(UringError::Failed);
@@ -64,7 +67,7 @@ fn attempts(fd: RawFd) -> Vec<(&'static str, Result<(), UringError>)> {
         ("splice", plain(splice(fd))),
         ("mmap-shared", plain(mmap_store(fd))),
     ];
-    let uring: [(&'static str, fn(&mut Ring, RawFd) -> Result<(), UringError>); 4] = [
+    let uring: [(&'static str, RingAttempt); 4] = [
         ("io_uring write", |ring, fd| ring.write(fd, 16)),
         ("io_uring fallocate", Ring::fallocate),
         ("io_uring splice", |ring, fd| ring.splice_into(fd, 20)),

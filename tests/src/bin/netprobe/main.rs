@@ -521,7 +521,7 @@ fn file_operation(operation: String, path: String) -> io::Result<()> {
     Ok(())
 }
 
-/// Returns the read and write ends of a new pipe that holds `PAYLOAD`.
+/// Returns the read and write ends of a new pipe that contains `PAYLOAD`.
 fn pipe_with_payload() -> io::Result<(i32, i32)> {
     let mut pipe = [0i32; 2];
     // SAFETY: a two-element array for the pipe's ends.
