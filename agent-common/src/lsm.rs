@@ -57,9 +57,9 @@ pub struct LsmOffsets {
 /// programs of a promise are attached.
 pub mod backend {
     /// The LSM file programs are attached. They report audit-mode
-    /// mutations, so the file tracepoints report only EROFS refusals, which
-    /// come from mounts that were read-only already and which no LSM
-    /// program sees.
+    /// mutations, so the file tracepoints report only EROFS refusals. Those
+    /// come from mounts that were read-only already, and no LSM program
+    /// runs for them.
     pub const FILESYSTEM: u32 = 1;
     /// `bprm_check_security` enforces exec lists, so the exec tracepoint
     /// only records program paths and never kills.

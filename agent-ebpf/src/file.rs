@@ -10,8 +10,9 @@
 //! by mount, so these programs report no audit. They still report EROFS:
 //! the agent remounts nothing then, so an EROFS comes from a mount that was
 //! read-only already (a read-only volume, `readOnlyRootFilesystem`). The
-//! kernel checks the mount flag before it calls the LSM path hooks, so no
-//! LSM program sees that attempt and this report is its only one.
+//! VFS checks the mount flag (`mnt_want_write`) before it calls the LSM
+//! hooks of these operations, so no LSM program runs for that attempt and
+//! this report is its only one.
 //!
 //! Calls on a file descriptor (`fchmod`, `fchown`, `fsetxattr`,
 //! `fremovexattr`, `utimensat` without a path) are reported with the
