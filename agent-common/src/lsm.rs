@@ -79,9 +79,10 @@ pub struct LsmNetOffsets {
 /// Bits of the one entry of `LSM_BACKENDS`, set by the agent once the LSM
 /// programs of a promise are attached.
 pub mod backend {
-    /// The LSM file programs are attached. The file tracepoints keep
-    /// reporting audit-mode mutations, and they never see an EROFS from a
-    /// container the LSM programs police, so they report no refusal twice.
+    /// The LSM file programs are attached. They report audit-mode
+    /// mutations, so the file tracepoints report only EROFS refusals. Those
+    /// come from mounts that were read-only already, and no LSM program
+    /// runs for them.
     pub const FILESYSTEM: u32 = 1;
     /// `bprm_check_security` enforces exec lists, so the exec tracepoint
     /// only records program paths and never kills.
@@ -121,13 +122,15 @@ pub struct ReadOnlySuperblockKey {
 /// `READ_ONLY_MOUNTS`. The hooks that see
 /// only a dentry (the xattr hooks) decide by superblock, and writes to a
 /// hard-linked file on a writable mount that shares such a superblock are
-/// refused (see the LSM file programs).
+/// refused (see the LSM file programs). `mode` is enforce when any of the
+/// container's mounts on the superblock is in enforce mode.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadOnlySuperblock {
     pub slot: u32,
     pub mode: u32,
-    /// 1 when a writable mount of the container shares this superblock.
+    /// 1 when a writable or audit-mode mount of the container shares this
+    /// superblock.
     pub shared_with_writable: u32,
     /// Reserved, zero.
     pub reserved: u32,

@@ -6,6 +6,14 @@
 //! EROFS is reported as denied. In audit mode nothing is remounted, so
 //! every call that succeeded is reported as an audit.
 //!
+//! When the LSM file programs are attached they report audits themselves,
+//! by mount, so these programs report no audit. They still report EROFS:
+//! the agent remounts nothing then, so an EROFS comes from a mount that was
+//! read-only already (a read-only volume, `readOnlyRootFilesystem`). The
+//! VFS checks the mount flag (`mnt_want_write`) before it calls the LSM
+//! hooks of these operations, so no LSM program runs for that attempt and
+//! this report is its only one.
+//!
 //! Calls on a file descriptor (`fchmod`, `fchown`, `fsetxattr`,
 //! `fremovexattr`, `utimensat` without a path) are reported with the
 //! descriptor; the agent reads its path from `/proc`. `write`, `ftruncate`
@@ -28,9 +36,10 @@ use parapet_common::{
     CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICY_SLOTS,
     Mode, NO_RULE, Verdict,
     file::{AT_FDCWD, FileEvent, FsPolicy, PendingFileOp, op},
+    lsm::backend,
 };
 
-use crate::{counters::count_decision, events, exec, policed};
+use crate::{counters::count_decision, events, exec, lsm, policed};
 
 /// Filesystem part of each policy, by policy slot.
 #[map]
@@ -200,10 +209,12 @@ fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
 
 /// Returns the verdict and slot to report: a refusal with EROFS under a
 /// read-only policy is a deny, and a success under an audit-mode one is an
-/// audit. Anything else is not reported. An audit-mode policy gets EROFS
-/// where an earlier enforce-mode one left the mounts read-only.
+/// audit unless the LSM file programs report audits. Anything else is not
+/// reported. An audit-mode policy gets EROFS where an earlier enforce-mode
+/// one left the mounts read-only.
 #[inline(always)]
 fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
+    let lsm_reports_audits = lsm::active(backend::FILESYSTEM);
     policed::find_slot(policies, |slot| {
         let policy = FS_POLICIES.get(slot)?;
         if policy.read_only == 0 {
@@ -212,7 +223,7 @@ fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
         if ret == -EROFS {
             return Some((Verdict::Deny, slot));
         }
-        if policy.mode == Mode::Audit as u32 && ret >= 0 {
+        if policy.mode == Mode::Audit as u32 && ret >= 0 && !lsm_reports_audits {
             return Some((Verdict::Audit, slot));
         }
         None

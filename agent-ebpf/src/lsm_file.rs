@@ -363,8 +363,10 @@ fn check(offsets: &LsmOffsets, op: u32, vfsmount: *const u8, dentry: *const u8, 
 
 /// Returns the policy slot and mode that make the mount `mount_id` read-only
 /// for the caller, or that forbid changing the multiply linked file
-/// `inode` on a writable mount that shares the superblock of a read-only
-/// one.
+/// `inode` on a mount that shares the superblock of a read-only one. The
+/// hard-link rule applies on a writable mount, and on an audit-mode mount
+/// when the superblock's entry enforces: a hard link there may lead into
+/// the enforced root, so it gets the root's verdict.
 #[inline(always)]
 fn read_only_entry(
     offsets: &LsmOffsets,
@@ -375,25 +377,33 @@ fn read_only_entry(
     change: Change,
 ) -> Option<(u32, u32)> {
     // SAFETY: the agent only ever replaces whole values of this map.
-    if let Some(entry) = unsafe { READ_ONLY_MOUNTS.get(&mount_id) } {
+    let mount_entry = match unsafe { READ_ONLY_MOUNTS.get(&mount_id) } {
         // A mount id freed with its container and reused by a new mount
         // must not carry the old verdict: it counts only for the container
         // the agent wrote it for.
-        if entry.cgroup_id == policed.policed_cgroup_id {
-            return Some((entry.slot, entry.mode));
-        }
-        return None;
-    }
+        Some(entry) if entry.cgroup_id != policed.policed_cgroup_id => return None,
+        Some(entry) if entry.mode == Mode::Enforce as u32 => return Some((entry.slot, entry.mode)),
+        Some(entry) => Some((entry.slot, entry.mode)),
+        None => None,
+    };
     if change == Change::Entry || mode & S_IFMT != S_IFREG {
-        return None;
+        return mount_entry;
     }
-    let inode = inode?;
-    let links: u32 = read(inode, offsets.inode_nlink)?;
+    let Some(inode) = inode else {
+        return mount_entry;
+    };
+    let links: u32 = read(inode, offsets.inode_nlink).unwrap_or(0);
     if links <= 1 {
-        return None;
+        return mount_entry;
     }
-    let entry = superblock_entry(offsets, policed.policed_cgroup_id, inode)?;
-    (entry.shared_with_writable != 0).then_some((entry.slot, entry.mode))
+    let Some(superblock) = superblock_entry(offsets, policed.policed_cgroup_id, inode) else {
+        return mount_entry;
+    };
+    let stricter = mount_entry.is_none() || superblock.mode == Mode::Enforce as u32;
+    if superblock.shared_with_writable != 0 && stricter {
+        return Some((superblock.slot, superblock.mode));
+    }
+    mount_entry
 }
 
 /// Checks a change known only by its dentry, by superblock.

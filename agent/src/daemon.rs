@@ -457,7 +457,12 @@ impl LoopState {
             self.enforcer.release_slots(&mut kernel, slots);
         }
         drop(kernel);
-        let mut targets = crate::enforce::read_only_targets(self.enforcer.policies(), &pods, &containers);
+        let mut targets = crate::enforce::read_only_targets(
+            self.enforcer.policies(),
+            &pods,
+            &containers,
+            self.read_only_method,
+        );
         for target in &mut targets {
             target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
         }
@@ -693,15 +698,27 @@ impl LoopState {
             );
         }
         match &attempt.state {
-            crate::readonly::State::Enforced => info!(
-                namespace = %identity.namespace,
-                pod = %identity.pod,
-                container = identity.container.as_deref().unwrap_or(""),
-                container_id = %attempt.target.container_id,
-                writable = ?attempt.target.writable,
-                took_us = attempt.took.as_micros() as u64,
-                "filesystem made read-only"
-            ),
+            crate::readonly::State::Enforced => match &attempt.target.enforced_writable {
+                Some(writable) => info!(
+                    namespace = %identity.namespace,
+                    pod = %identity.pod,
+                    container = identity.container.as_deref().unwrap_or(""),
+                    container_id = %attempt.target.container_id,
+                    writable = ?writable,
+                    audited_writable = ?attempt.target.audited_writable,
+                    took_us = attempt.took.as_micros() as u64,
+                    "filesystem made read-only"
+                ),
+                None => info!(
+                    namespace = %identity.namespace,
+                    pod = %identity.pod,
+                    container = identity.container.as_deref().unwrap_or(""),
+                    container_id = %attempt.target.container_id,
+                    writable = ?attempt.target.audited_writable,
+                    took_us = attempt.took.as_micros() as u64,
+                    "filesystem mutations audited"
+                ),
+            },
             crate::readonly::State::NotEnforced { reason } => {
                 error!(
                     namespace = %identity.namespace,
@@ -822,24 +839,27 @@ impl LoopState {
         let mut read_only: Vec<ReadOnlyStatus> = self
             .read_only
             .states()
-            .map(|(container_id, state)| match state {
+            .map(|(container_id, state, audit_only)| match state {
                 crate::readonly::State::Enforced => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: true,
                     reason: None,
                     released: false,
+                    audit_only,
                 },
                 crate::readonly::State::NotEnforced { reason } => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: false,
                     reason: Some(reason.clone()),
                     released: false,
+                    audit_only,
                 },
                 crate::readonly::State::Released => ReadOnlyStatus {
                     container_id: container_id.to_owned(),
                     enforced: false,
                     reason: None,
                     released: true,
+                    audit_only,
                 },
             })
             .collect();

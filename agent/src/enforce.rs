@@ -24,6 +24,7 @@ use crate::{
     identity::Identity,
     kernel::Kernel,
     policy::{self, Policy},
+    readonly::Method,
 };
 
 /// A loaded policy and its kernel slot.
@@ -343,12 +344,19 @@ fn entry_for(policies: &[&SlottedPolicy], identity: Identity) -> Entry {
     }
 }
 
-/// Returns the running containers that an enforce-mode `readOnly: true`
-/// policy selects, with the paths that stay writable under all of their policies.
+/// Returns the running containers that a `readOnly: true` policy selects,
+/// with the paths that stay writable under their policies.
+///
+/// With [`Method::Mounts`] only enforce-mode policies make targets, because
+/// that backend can only block and never remounts for an audit. With
+/// [`Method::Lsm`] audit-mode policies make targets too: the LSM programs
+/// let a mutation through and report it when its mount's entry is in audit
+/// mode.
 pub fn read_only_targets(
     policies: &[SlottedPolicy],
     pods: &[PodInfo],
     containers: &[ContainerInfo],
+    method: Method,
 ) -> Vec<crate::readonly::Target> {
     let pods_by_id: HashMap<&str, &PodInfo> = pods.iter().map(|pod| (pod.id.as_str(), pod)).collect();
     let mut targets = Vec::new();
@@ -364,20 +372,21 @@ pub fn read_only_targets(
             })
             .collect();
         let applying: Vec<&Policy> = applying_slotted.iter().map(|slotted| &slotted.policy).collect();
-        let slot = applying_slotted
-            .iter()
-            .find(|slotted| {
-                slotted.policy.mode == policy::Mode::Enforce
-                    && slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only)
-            })
-            .map_or(0, |slotted| slotted.slot);
+        let first_read_only_slot = |mode: policy::Mode| {
+            applying_slotted
+                .iter()
+                .find(|slotted| {
+                    slotted.policy.mode == mode && slotted.policy.filesystem.as_ref().is_some_and(|fs| fs.read_only)
+                })
+                .map_or(0, |slotted| slotted.slot)
+        };
         let Some(plan) = policy::read_only_plan(&applying) else {
             continue;
         };
-        let Some(writable) = plan.enforced_writable_paths else {
+        if plan.enforced_writable_paths.is_none() && method == Method::Mounts {
             // Only audit-mode policies make it read-only: nothing to block.
             continue;
-        };
+        }
         targets.push(crate::readonly::Target {
             container_id: container.id.clone(),
             identity: Identity {
@@ -387,9 +396,11 @@ pub fn read_only_targets(
                 container: Some(container.name.clone()),
                 container_id: Some(container.id.clone()),
             },
-            writable,
+            enforced_writable: plan.enforced_writable_paths,
+            audited_writable: plan.writable_paths,
             policies: plan.policies,
-            slot,
+            slot: first_read_only_slot(policy::Mode::Enforce),
+            audit_slot: first_read_only_slot(policy::Mode::Audit),
             cgroup_id: None,
         });
     }

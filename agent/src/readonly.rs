@@ -1,15 +1,21 @@
-//! Read-only root filesystems. For each running container under an
-//! enforce-mode `readOnly: true` policy, the agent does one of two things:
+//! Read-only root filesystems. For each running container under a
+//! `readOnly: true` policy, the agent does one of two things:
 //!
 //! - With the BPF LSM backend, it binds the declared writable paths onto
 //!   themselves and hands the ids of every other mount to the kernel's LSM
-//!   programs, which refuse mutations there with EPERM ([`Method::Lsm`]).
+//!   programs ([`Method::Lsm`]). A mount outside the paths that enforce-mode
+//!   policies leave writable gets an entry in enforce mode, and the
+//!   programs refuse mutations there with EPERM. A mount inside those paths
+//!   but outside the paths that every read-only policy leaves writable gets
+//!   an entry in audit mode, and the programs let mutations through and
+//!   report them. Audit-only containers get audit entries alone.
 //!   Changes of the writable set take effect at the next attempt, because
 //!   a path no longer writable keeps its bind mount, whose id then joins
 //!   the read-only set.
 //! - Without it, it makes the container's mounts read-only from outside
 //!   (see `mountns`), and the kernel refuses mutations with EROFS
-//!   ([`Method::Mounts`]).
+//!   ([`Method::Mounts`]). Audit-mode policies change nothing here: the
+//!   syscall tracepoints report what they would refuse.
 //!
 //! It retries where an attempt fails, for instance with EBUSY while a file
 //! is open for writing.
@@ -30,7 +36,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -65,13 +71,23 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Target {
     pub container_id: String,
     pub identity: Identity,
-    /// Paths that stay writable.
-    pub writable: Vec<PathBuf>,
+    /// Paths that stay writable under every enforce-mode read-only policy;
+    /// a mutation elsewhere is refused. `None` when only audit-mode
+    /// policies make the container read-only.
+    pub enforced_writable: Option<Vec<PathBuf>>,
+    /// Paths writable under every read-only policy, audit-mode ones
+    /// included. Each lies inside `enforced_writable`. A mutation inside
+    /// `enforced_writable` but outside these is let through and reported
+    /// as an audit (LSM backend only).
+    pub audited_writable: Vec<PathBuf>,
     /// The policies that make it read-only, for events and logs.
     pub policies: Vec<String>,
     /// Slot of the first enforce-mode policy among them, which counters
-    /// and events of the LSM backend are charged to.
+    /// and events of the LSM backend charge refusals to.
     pub slot: u32,
+    /// Slot of the first audit-mode policy among them, which counters and
+    /// events of the LSM backend charge audits to.
+    pub audit_slot: u32,
     /// Cgroup id of the container, once its cgroup was found. The LSM
     /// backend needs it and waits for it.
     pub cgroup_id: Option<u64>,
@@ -92,7 +108,8 @@ pub enum State {
 
 #[derive(Debug)]
 struct Record {
-    writable: Vec<PathBuf>,
+    enforced_writable: Option<Vec<PathBuf>>,
+    audited_writable: Vec<PathBuf>,
     state: State,
     attempted_at: Instant,
     /// Entries written to the kernel for this container by the LSM backend.
@@ -135,8 +152,14 @@ impl Tracker {
             None => true,
             Some(record) => {
                 let changed = match method {
-                    Method::Mounts => narrower(&target.writable, &record.writable),
-                    Method::Lsm => target.writable != record.writable,
+                    Method::Mounts => narrower(
+                        target.enforced_writable.as_deref().unwrap_or_default(),
+                        record.enforced_writable.as_deref().unwrap_or_default(),
+                    ),
+                    Method::Lsm => {
+                        target.enforced_writable != record.enforced_writable
+                            || target.audited_writable != record.audited_writable
+                    }
                 };
                 changed
                     || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
@@ -145,9 +168,12 @@ impl Tracker {
         }
     }
 
-    /// Returns every record, for the status.
-    pub fn states(&self) -> impl Iterator<Item = (&str, &State)> {
-        self.records.iter().map(|(id, record)| (id.as_str(), &record.state))
+    /// Returns every record, for the status, with whether only audit-mode
+    /// policies make the container read-only.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &State, bool)> {
+        self.records
+            .iter()
+            .map(|(id, record)| (id.as_str(), &record.state, record.enforced_writable.is_none()))
     }
 
     /// Makes every mount namespace of the container read-only, through one
@@ -174,7 +200,7 @@ impl Tracker {
         };
         for &pid in &pids {
             let missing = match method {
-                Method::Mounts => match mountns::make_read_only(pid, &target.writable) {
+                Method::Mounts => match mountns::make_read_only(pid, target.enforced_writable.as_deref().unwrap_or_default()) {
                     Ok(report) => {
                         if !report.is_complete() {
                             failures.push(describe_failures(&report.failed));
@@ -186,27 +212,15 @@ impl Tracker {
                         Vec::new()
                     }
                 },
-                Method::Lsm => match (target.cgroup_id, mountns::prepare_read_only_by_identity(pid, &target.writable)) {
-                    (None, _) => {
+                Method::Lsm => match target.cgroup_id {
+                    None => {
                         failures.push("the container's cgroup was not found yet".to_owned());
                         Vec::new()
                     }
-                    (Some(_), Err(error)) => {
-                        failures.push(error.to_string());
-                        Vec::new()
-                    }
-                    (Some(cgroup_id), Ok(report)) => {
-                        let mut found = kernel_entries(&report, target.slot, cgroup_id);
-                        entries.mounts.append(&mut found.mounts);
-                        for superblock in found.superblocks {
-                            if !entries.superblocks.iter().any(|(key, _)| *key == superblock.0) {
-                                entries.superblocks.push(superblock);
-                            }
-                        }
-                        if !report.is_complete() {
-                            failures.push(describe_failures(&report.failed));
-                        }
-                        report.missing_writable
+                    Some(cgroup_id) => {
+                        let (found, missing) = prepare_lsm(pid, &target, cgroup_id, &mut failures);
+                        merge_entries(&mut entries, found);
+                        missing
                     }
                 },
             };
@@ -226,7 +240,8 @@ impl Tracker {
         let previous = self.records.insert(
             target.container_id.clone(),
             Record {
-                writable: target.writable.clone(),
+                enforced_writable: target.enforced_writable.clone(),
+                audited_writable: target.audited_writable.clone(),
                 state: state.clone(),
                 attempted_at: Instant::now(),
                 entries: entries.clone(),
@@ -280,33 +295,158 @@ fn narrower(wanted: &[PathBuf], applied: &[PathBuf]) -> bool {
     applied.iter().any(|path| !wanted.contains(path))
 }
 
-/// Builds the LSM map entries of one container. A superblock is marked as
-/// shared when a writable mount of the container is on it too, which makes
-/// the LSM programs refuse changes to its multiply linked files.
-fn kernel_entries(report: &mountns::IdentityReport, slot: u32, cgroup_id: u64) -> KernelEntries {
-    let mode = Mode::Enforce as u32;
+/// Binds the writable paths of `target` in the mount namespace of `pid`
+/// and returns the LSM map entries of its mounts, with the declared
+/// writable paths that do not exist. Failures are appended to `failures`.
+///
+/// The enforced writable paths are bound first and the audited ones, which
+/// lie inside them, second. Each bind checks that its path still resolves
+/// onto the mount it planned, so the second pass plans on the mount table
+/// that the first one left. A path whose bind fails stays on its parent mount,
+/// so a failure never makes more writable than declared.
+fn prepare_lsm(
+    pid: u32,
+    target: &Target,
+    cgroup_id: u64,
+    failures: &mut Vec<String>,
+) -> (KernelEntries, Vec<PathBuf>) {
+    let mut missing = Vec::new();
+    if let Some(enforced) = &target.enforced_writable
+        && *enforced != target.audited_writable
+    {
+        match mountns::prepare_read_only_by_identity(pid, enforced) {
+            Ok(report) => {
+                if !report.is_complete() {
+                    failures.push(describe_failures(&report.failed));
+                }
+                missing.extend(report.missing_writable);
+            }
+            Err(error) => {
+                failures.push(error.to_string());
+                return (KernelEntries::default(), missing);
+            }
+        }
+    }
+    match mountns::prepare_read_only_by_identity(pid, &target.audited_writable) {
+        Ok(report) => {
+            if !report.is_complete() {
+                failures.push(describe_failures(&report.failed));
+            }
+            let slots = Slots {
+                enforce: target.slot,
+                audit: target.audit_slot,
+            };
+            let entries = kernel_entries(&report, target.enforced_writable.as_deref(), slots, cgroup_id);
+            for path in &report.missing_writable {
+                if !missing.contains(path) {
+                    missing.push(path.clone());
+                }
+            }
+            (entries, missing)
+        }
+        Err(error) => {
+            failures.push(error.to_string());
+            (KernelEntries::default(), missing)
+        }
+    }
+}
+
+/// Returns the mode of the LSM entry for the mount at `mount_point`.
+/// `Enforce` applies outside the paths that enforce-mode policies leave
+/// writable, and never when no policy enforces. `Audit` applies inside
+/// them but outside the paths every read-only policy leaves writable.
+/// Inside those, the mount gets no entry (`None`).
+fn mount_mode(mount_point: &Path, enforced_writable: Option<&[PathBuf]>, audited_writable: &[PathBuf]) -> Option<Mode> {
+    let inside = |paths: &[PathBuf]| paths.iter().any(|path| mount_point.starts_with(path));
+    match enforced_writable {
+        Some(enforced) if !inside(enforced) => Some(Mode::Enforce),
+        _ if !inside(audited_writable) => Some(Mode::Audit),
+        _ => None,
+    }
+}
+
+/// Policy slots that LSM entries charge decisions to, per mode.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    enforce: u32,
+    audit: u32,
+}
+
+/// Builds the LSM map entries of one container from the mounts of one of
+/// its namespaces, which `report` lists outside the audited writable paths.
+///
+/// A superblock entry takes the strictest mode of the container's entries
+/// on it, because the xattr hooks decide by superblock alone. It is marked
+/// as shared when a writable or audit-mode mount of the container is on it
+/// too. The LSM programs then apply the superblock's mode to changes of
+/// multiply linked files on that mount, because such a file may be a hard
+/// link into the read-only root.
+fn kernel_entries(
+    report: &mountns::IdentityReport,
+    enforced_writable: Option<&[PathBuf]>,
+    slots: Slots,
+    cgroup_id: u64,
+) -> KernelEntries {
     let mut entries = KernelEntries::default();
+    let mut lenient_devs: Vec<u64> = report.writable_devs.clone();
     for mount in &report.read_only {
         let Ok(mount_id) = u32::try_from(mount.mount_id) else {
             continue;
         };
+        // `report.read_only` lists no mount inside the audited writable
+        // paths, so only the enforced ones decide here.
+        let Some(mode) = mount_mode(&mount.mount_point, enforced_writable, &[]) else {
+            continue;
+        };
+        let slot = if mode == Mode::Enforce { slots.enforce } else { slots.audit };
+        if mode == Mode::Audit {
+            lenient_devs.push(mount.dev);
+        }
+        let mode = mode as u32;
         entries.mounts.push((mount_id, ReadOnlyMount { slot, mode, cgroup_id }));
         let key = ReadOnlySuperblockKey {
             cgroup_id,
             dev: mount.dev,
         };
-        if entries.superblocks.iter().any(|(existing, _)| *existing == key) {
-            continue;
-        }
         let value = ReadOnlySuperblock {
             slot,
             mode,
-            shared_with_writable: u32::from(report.writable_devs.contains(&mount.dev)),
+            shared_with_writable: 0,
             reserved: 0,
         };
-        entries.superblocks.push((key, value));
+        merge_superblock(&mut entries.superblocks, key, value);
+    }
+    for (key, value) in &mut entries.superblocks {
+        value.shared_with_writable = u32::from(lenient_devs.contains(&key.dev));
     }
     entries
+}
+
+/// Adds the entries of one more mount namespace of a container.
+fn merge_entries(entries: &mut KernelEntries, found: KernelEntries) {
+    entries.mounts.extend(found.mounts);
+    for (key, value) in found.superblocks {
+        merge_superblock(&mut entries.superblocks, key, value);
+    }
+}
+
+/// Adds a superblock entry, or merges it into the one with the same key:
+/// enforce mode wins over audit, and a superblock shared with a writable
+/// mount in either stays shared.
+fn merge_superblock(
+    superblocks: &mut Vec<(ReadOnlySuperblockKey, ReadOnlySuperblock)>,
+    key: ReadOnlySuperblockKey,
+    value: ReadOnlySuperblock,
+) {
+    let Some((_, existing)) = superblocks.iter_mut().find(|(existing, _)| *existing == key) else {
+        superblocks.push((key, value));
+        return;
+    };
+    let shared = existing.shared_with_writable | value.shared_with_writable;
+    if existing.mode != Mode::Enforce as u32 && value.mode == Mode::Enforce as u32 {
+        *existing = value;
+    }
+    existing.shared_with_writable = shared;
 }
 
 fn describe_failures(failed: &[(PathBuf, i32)]) -> String {
@@ -361,7 +501,8 @@ mod tests {
             writable_devs: vec![0x2d],
             ..Default::default()
         };
-        let entries = kernel_entries(&report, 3, 5121);
+        let slots = Slots { enforce: 3, audit: 4 };
+        let entries = kernel_entries(&report, Some(&[PathBuf::from("/tmp")]), slots, 5121);
         let ids: Vec<u32> = entries.mounts.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [229, 246, 247]);
         assert!(entries.mounts.iter().all(|(_, mount)| mount.cgroup_id == 5121));
@@ -371,5 +512,118 @@ mod tests {
         assert_eq!(root_entry.1.shared_with_writable, 1);
         let host_entry = entries.superblocks.iter().find(|(key, _)| key.dev == (8 << 20) | 1).unwrap();
         assert_eq!(host_entry.1.shared_with_writable, 0);
+    }
+
+    #[test]
+    fn mount_mode_enforced_outside_enforced_paths() {
+        let enforced = [PathBuf::from("/var")];
+        let audited = [PathBuf::from("/var/cache")];
+        let mode = |mount: &str| mount_mode(Path::new(mount), Some(&enforced), &audited);
+        assert_eq!(mode("/"), Some(Mode::Enforce));
+        assert_eq!(mode("/etc/hosts"), Some(Mode::Enforce));
+        assert_eq!(mode("/variable"), Some(Mode::Enforce), "a sibling with a common prefix");
+        assert_eq!(mode("/var"), Some(Mode::Audit));
+        assert_eq!(mode("/var/log"), Some(Mode::Audit));
+        assert_eq!(mode("/var/cache"), None);
+        assert_eq!(mode("/var/cache/apt"), None);
+    }
+
+    #[test]
+    fn mount_mode_audit_only_policies() {
+        let audited = [PathBuf::from("/tmp")];
+        let mode = |mount: &str| mount_mode(Path::new(mount), None, &audited);
+        assert_eq!(mode("/"), Some(Mode::Audit));
+        assert_eq!(mode("/dev/shm"), Some(Mode::Audit));
+        assert_eq!(mode("/tmp"), None);
+        assert_eq!(mode("/tmp/x"), None);
+    }
+
+    #[test]
+    fn mount_mode_same_writable_paths() {
+        let writable = [PathBuf::from("/tmp")];
+        assert_eq!(mount_mode(Path::new("/"), Some(&writable), &writable), Some(Mode::Enforce));
+        assert_eq!(mount_mode(Path::new("/tmp"), Some(&writable), &writable), None);
+    }
+
+    #[test]
+    fn kernel_entries_mix_enforce_and_audit() {
+        let root_dev = 0x2d;
+        let mount = |mount_id, mount_point: &str| mountns::IdentityMount {
+            mount_id,
+            dev: root_dev,
+            mount_point: PathBuf::from(mount_point),
+        };
+        // /var was bound for an enforce-mode policy, /var/cache inside it
+        // for the audit-mode one, which the report therefore omits.
+        let report = mountns::IdentityReport {
+            read_only: vec![mount(229, "/"), mount(300, "/var")],
+            writable_devs: vec![root_dev],
+            ..Default::default()
+        };
+        let slots = Slots { enforce: 3, audit: 4 };
+        let entries = kernel_entries(&report, Some(&[PathBuf::from("/var")]), slots, 5121);
+
+        let root = ReadOnlyMount {
+            slot: 3,
+            mode: Mode::Enforce as u32,
+            cgroup_id: 5121,
+        };
+        let var = ReadOnlyMount {
+            slot: 4,
+            mode: Mode::Audit as u32,
+            cgroup_id: 5121,
+        };
+        assert_eq!(entries.mounts, [(229, root), (300, var)]);
+
+        assert_eq!(entries.superblocks.len(), 1, "one entry per superblock");
+        let (_, superblock) = entries.superblocks[0];
+        assert_eq!(superblock.mode, Mode::Enforce as u32, "the strictest mode wins");
+        assert_eq!(superblock.slot, 3);
+        assert_eq!(superblock.shared_with_writable, 1);
+    }
+
+    #[test]
+    fn kernel_entries_audit_only() {
+        let report = mountns::IdentityReport {
+            read_only: vec![mountns::IdentityMount {
+                mount_id: 229,
+                dev: 0x2d,
+                mount_point: PathBuf::from("/"),
+            }],
+            writable_devs: vec![0x99],
+            ..Default::default()
+        };
+        let slots = Slots { enforce: 0, audit: 7 };
+        let entries = kernel_entries(&report, None, slots, 5121);
+        assert_eq!(entries.mounts.len(), 1);
+        assert_eq!(entries.mounts[0].1.mode, Mode::Audit as u32);
+        assert_eq!(entries.mounts[0].1.slot, 7);
+        let (_, superblock) = entries.superblocks[0];
+        assert_eq!(superblock.mode, Mode::Audit as u32);
+        assert_eq!(superblock.shared_with_writable, 1, "an audited mount is not an enforced one");
+    }
+
+    #[test]
+    fn merged_superblock_keeps_enforce_and_sharing() {
+        let key = ReadOnlySuperblockKey { cgroup_id: 1, dev: 2 };
+        let audit = ReadOnlySuperblock {
+            slot: 4,
+            mode: Mode::Audit as u32,
+            shared_with_writable: 1,
+            reserved: 0,
+        };
+        let enforce = ReadOnlySuperblock {
+            slot: 3,
+            mode: Mode::Enforce as u32,
+            shared_with_writable: 0,
+            reserved: 0,
+        };
+        let mut superblocks = Vec::new();
+        merge_superblock(&mut superblocks, key, audit);
+        merge_superblock(&mut superblocks, key, enforce);
+        assert_eq!(superblocks.len(), 1);
+        assert_eq!(superblocks[0].1.mode, Mode::Enforce as u32);
+        assert_eq!(superblocks[0].1.slot, 3);
+        assert_eq!(superblocks[0].1.shared_with_writable, 1);
     }
 }

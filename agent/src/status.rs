@@ -59,6 +59,10 @@ pub struct ReadOnlyStatus {
     /// read-only until it restarts.
     #[serde(default)]
     pub released: bool,
+    /// Only audit-mode policies select the container: the LSM backend
+    /// reports its mutations and refuses none.
+    #[serde(default)]
+    pub audit_only: bool,
 }
 
 /// A container under an exec policy, and whether the agent has looked up
@@ -201,6 +205,9 @@ pub fn render_text(status: &Status) -> String {
             continue;
         }
         match &container.reason {
+            None if container.audit_only => {
+                let _ = writeln!(out, "  {} audited: mutations are reported, not refused", container.container_id);
+            }
             None => {
                 let _ = writeln!(out, "  {} enforced", container.container_id);
             }

@@ -142,7 +142,13 @@ impl Running {
 
     fn read_output(&mut self, line: &str) {
         let line = line.trim_start();
-        if let Some(reason) = line.strip_prefix("SKIPPED:") {
+        // libtest prints `test NAME ... ` and then the test's own output on
+        // the same line, so a skip line can follow that prefix.
+        let after_libtest = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+            .map_or(line, |(_, output)| output);
+        if let Some(reason) = after_libtest.strip_prefix("SKIPPED:") {
             self.skip_reason
                 .get_or_insert_with(|| reason.trim().to_string());
         } else if line.starts_with("test result:") && line.contains(" 1 ignored") {
@@ -252,5 +258,13 @@ some output
         assert!(
             matches!(&report.tests[0].outcome, Outcome::Failed(reason) if reason.contains("did not finish"))
         );
+    }
+
+    #[test]
+    fn skip_line_after_libtest_prefix() {
+        let mut running = Running::new("lsm_backend", "some_test", None);
+        running.read_output("test some_test ... SKIPPED: some_test: no io_uring");
+        let result = running.finish("0", None);
+        assert_eq!(result.outcome, Outcome::Skipped("some_test: no io_uring".to_string()));
     }
 }

@@ -7,12 +7,21 @@
 //! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
 //! netprobe openat2 PATH                create PATH with openat2(2)
 //! netprobe flood udp ADDR PORT COUNT   COUNT sendto() calls as fast as it can; prints the outcomes
+//! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
+//! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
 //! `error errno=N <description>` and exit 1. Usage errors exit 2. ADDR is an
 //! IPv4 or IPv6 address; an IPv6 address, including an IPv4-mapped one such
 //! as `::ffff:10.0.0.1`, is used through an AF_INET6 socket.
+//!
+//! `uring` prints `ok`, `error errno=N <description>` (exit 1),
+//! `unsupported: ...` when the kernel lacks the opcode (exit 3), or
+//! `io_uring unavailable: ...` when the ring cannot be set up (exit 4).
+
+mod held;
+mod uring;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -32,7 +41,11 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe openat2 PATH\n       \
                      netprobe flood udp ADDR PORT COUNT\n       \
                      netprobe file copy-range|splice|fallocate|ftruncate|mmap-shared PATH\n       \
-                     netprobe exec-memfd PROGRAM";
+                     netprobe exec-memfd PROGRAM\n       \
+                     netprobe uring openat-write|write|fallocate|splice|ftruncate|unlinkat|mkdirat PATH\n       \
+                     netprobe uring renameat|linkat FROM TO\n       \
+                     netprobe uring symlinkat TARGET LINK\n       \
+                     netprobe held PATH TRIGGER RESULT";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -53,6 +66,8 @@ fn main() -> ExitCode {
         Ok(Command::Openat2(path)) => report(create_with_openat2(&path)),
         Ok(Command::File(operation, path)) => report(file_operation(operation, path)),
         Ok(Command::ExecMemfd(program)) => report(exec_memfd(program)),
+        Ok(Command::Uring(operation, paths)) => report_uring(&operation, &paths),
+        Ok(Command::Held(path, trigger, result)) => report(held::run(&path, &trigger, &result)),
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -76,6 +91,10 @@ enum Command {
     File(String, String),
     /// Copies a program into a memfd and runs it with `execveat`.
     ExecMemfd(String),
+    /// One change of a file or directory through io_uring.
+    Uring(String, Vec<String>),
+    /// Changes through a descriptor opened before a trigger file appears.
+    Held(String, String, String),
 }
 
 #[derive(Clone, Copy)]
@@ -114,6 +133,14 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         )),
         ["file", operation, path] => Ok(Command::File((*operation).to_owned(), (*path).to_owned())),
         ["exec-memfd", program] => Ok(Command::ExecMemfd((*program).to_owned())),
+        ["uring", "openat-write" | "write" | "fallocate" | "splice" | "ftruncate" | "unlinkat" | "mkdirat", _]
+        | ["uring", "renameat" | "linkat" | "symlinkat", _, _] => Ok(Command::Uring(
+            args[1].to_owned(),
+            args[2..].iter().map(|path| (*path).to_owned()).collect(),
+        )),
+        ["held", path, trigger, result] => {
+            Ok(Command::Held((*path).to_owned(), (*trigger).to_owned(), (*result).to_owned()))
+        }
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
@@ -218,6 +245,24 @@ fn report(result: io::Result<()>) -> ExitCode {
             });
             println!("error errno={errno} {}", describe_errno(errno));
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_uring(operation: &str, paths: &[String]) -> ExitCode {
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    match uring::run_operation(operation, &paths) {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{error}");
+            match error {
+                uring::UringError::Failed(_) => ExitCode::FAILURE,
+                uring::UringError::Unsupported { .. } => ExitCode::from(3),
+                uring::UringError::Unavailable(_) => ExitCode::from(4),
+            }
         }
     }
 }
@@ -436,18 +481,17 @@ fn file_operation(operation: String, path: String) -> io::Result<()> {
         "copy-range" => {
             let source = open(libc::O_RDONLY)?;
             let target = open(libc::O_WRONLY)?;
-            // SAFETY: valid descriptors and null offsets (use file positions).
-            check(unsafe { libc::copy_file_range(source, std::ptr::null_mut(), target, std::ptr::null_mut(), 4, 0) } as i64)?;
+            // The ranges of one file must not overlap.
+            let mut from: i64 = 0;
+            let mut to: i64 = 8192;
+            // SAFETY: valid descriptors and offset pointers.
+            check(unsafe { libc::copy_file_range(source, &mut from, target, &mut to, 4, 0) } as i64)?;
         }
         "splice" => {
             let target = open(libc::O_WRONLY)?;
-            let mut pipe = [0i32; 2];
-            // SAFETY: a two-element array for the pipe's ends.
-            check(i64::from(unsafe { libc::pipe(pipe.as_mut_ptr()) }))?;
-            // SAFETY: writes four bytes from a static buffer.
-            check(unsafe { libc::write(pipe[1], PAYLOAD.as_ptr().cast(), PAYLOAD.len()) } as i64)?;
+            let (read_end, _write_end) = pipe_with_payload()?;
             // SAFETY: valid descriptors and null offsets.
-            check(unsafe { libc::splice(pipe[0], std::ptr::null_mut(), target, std::ptr::null_mut(), 4, 0) } as i64)?;
+            check(unsafe { libc::splice(read_end, std::ptr::null_mut(), target, std::ptr::null_mut(), 4, 0) } as i64)?;
         }
         "fallocate" => {
             let target = open(libc::O_WRONLY)?;
@@ -491,6 +535,16 @@ fn file_operation(operation: String, path: String) -> io::Result<()> {
         other => return Err(io::Error::other(format!("unknown file operation {other}"))),
     }
     Ok(())
+}
+
+/// Returns the read and write ends of a new pipe that contains `PAYLOAD`.
+fn pipe_with_payload() -> io::Result<(i32, i32)> {
+    let mut pipe = [0i32; 2];
+    // SAFETY: a two-element array for the pipe's ends.
+    check(i64::from(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }))?;
+    // SAFETY: writes four bytes from a static buffer.
+    check(unsafe { libc::write(pipe[1], PAYLOAD.as_ptr().cast(), PAYLOAD.len()) } as i64)?;
+    Ok((pipe[0], pipe[1]))
 }
 
 /// Copies `program` into a memfd and runs it with `execveat(AT_EMPTY_PATH)`;
