@@ -60,6 +60,10 @@ static READ_ONLY_SUPERBLOCKS: HashMap<ReadOnlySuperblockKey, ReadOnlySuperblock>
 
 /// `FMODE_WRITE` in `file.f_mode`.
 const FMODE_WRITE: u32 = 0x2;
+/// `FMODE_NOACCOUNT` in `file.f_mode` (bit 29 in Linux 6.1 and 6.12): the
+/// kernel's own backing files, such as the file of the upper or lower
+/// layer that overlayfs opens and writes for a file of the overlay.
+const FMODE_NOACCOUNT: u32 = 1 << 29;
 /// `O_TRUNC` in `file.f_flags`.
 const O_TRUNC: u32 = 0o1000;
 /// `MAY_WRITE` and `MAY_APPEND` in the `file_permission` mask.
@@ -306,8 +310,17 @@ pub fn parapet_file_mprotect(ctx: LsmContext) -> i32 {
 }
 
 /// Checks a change through an open file.
+///
+/// A backing file is skipped. Overlayfs gives it the overlay's path, so
+/// without this each open and write of an overlay file would be judged
+/// and reported twice. The caller's own file passed the same hook first,
+/// so the change was already refused or reported there.
 #[inline(always)]
 fn check_file(offsets: &LsmOffsets, op: u32, file: *const u8) -> i32 {
+    let mode: u32 = read(file, offsets.file_mode).unwrap_or(0);
+    if mode & FMODE_NOACCOUNT != 0 {
+        return ALLOW;
+    }
     let Some(vfsmount) = read_ptr(file, offsets.file_path_mnt) else {
         return ALLOW;
     };

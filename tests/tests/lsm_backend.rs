@@ -123,7 +123,7 @@ const BYPASSES: [(&str, &str, &str, &str); 8] = [
     ("reopen of a read-only descriptor for writing", "exec 3</data.txt && echo x > /proc/self/fd/3", "file_open", "/data.txt"),
     ("write through ..", "cd /tmp && echo x > ../data.txt", "file_open", "/data.txt"),
     ("write 64 directories deep", "echo x > $(cat /tmp/deep-path)/file", "file_open", "…/d63/file"),
-    ("write below a path over 4096 bytes", "cd / && for part in $(tr / ' ' < /tmp/long-name); do cd -P $part || exit 1; done && echo x > file", "file_open", "…n/file"),
+    ("write below a path over 4096 bytes", "cd / && for part in $(tr / ' ' < /tmp/long-name); do cd -P $part || exit 1; done && echo x > file", "file_open", "/file"),
     ("chown", "chown 1:1 /data.txt", "path_chown", "/data.txt"),
 ];
 
@@ -741,6 +741,10 @@ async fn audit_mode_lets_mutations_through() -> Result<()> {
         assert!(listing.stdout.lines().any(|line| line == name), "{name} is missing: {}", listing.stdout);
     }
     wait_for_audits(&mut agent, &expected)?;
+    // Overlayfs opens and writes its backing file with the container's
+    // path: that second pass must not be reported again.
+    let opens = agent.events()?.iter().filter(|event| is_audit(event, "file_open", "/created")).count();
+    assert_eq!(opens, 1, "the creating open of /created was reported {opens} times");
     // With the LSM backend the syscall tracepoints report no audits, so
     // each change is reported once, by its LSM hook.
     let hooks = ["file_", "path_", "mmap_file", "inode_"];
