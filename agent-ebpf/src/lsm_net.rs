@@ -88,23 +88,9 @@ pub fn parapet_socket_create(ctx: LsmContext) -> i32 {
     if !socket::uncheckable_request(family, sock_type, protocol) {
         return ALLOW;
     }
-    let Some(policed) = policed::current() else {
-        return ALLOW;
-    };
-    let Some(decision) = socket::decide(policed.policies) else {
-        return ALLOW;
-    };
-    let peer = Peer {
-        addr: [0; 4],
-        port: 0,
-        family: family as u16,
-        protocol,
-        sock_type,
-    };
-    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
-    match decision.verdict {
-        Verdict::Deny => DENY,
-        Verdict::Allow | Verdict::Audit => ALLOW,
+    match socket::judge_creation(family, sock_type, protocol) {
+        Some(Verdict::Deny) => DENY,
+        _ => ALLOW,
     }
 }
 

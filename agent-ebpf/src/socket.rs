@@ -43,23 +43,9 @@ pub fn parapet_sock_create(ctx: SockContext) -> i32 {
     if !uncheckable(sock.family, sock.type_, sock.protocol) {
         return ALLOW;
     }
-    let Some(policed) = policed::current() else {
-        return ALLOW;
-    };
-    let Some(decision) = decide(policed.policies) else {
-        return ALLOW;
-    };
-    let peer = Peer {
-        addr: [0; 4],
-        port: 0,
-        family: sock.family as u16,
-        protocol: sock.protocol,
-        sock_type: sock.type_,
-    };
-    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
-    match decision.verdict {
-        Verdict::Deny => DENY_EPERM,
-        Verdict::Allow | Verdict::Audit => ALLOW,
+    match judge_creation(sock.family, sock.type_, sock.protocol) {
+        Some(Verdict::Deny) => DENY_EPERM,
+        _ => ALLOW,
     }
 }
 
@@ -92,22 +78,8 @@ pub fn parapet_socket_enter(ctx: TracePointContext) -> u32 {
     if !packet {
         return DONE;
     }
-    let Some(policed) = policed::current() else {
-        return DONE;
-    };
-    let Some(decision) = decide(policed.policies) else {
-        return DONE;
-    };
     let protocol = unsafe { ctx.read_at::<u64>(SOCKET_PROTOCOL_OFFSET) }.unwrap_or(0) as u32;
-    let peer = Peer {
-        addr: [0; 4],
-        port: 0,
-        family: family as u16,
-        protocol,
-        sock_type,
-    };
-    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
-    if decision.verdict == Verdict::Deny {
+    if judge_creation(family, sock_type, protocol) == Some(Verdict::Deny) {
         // The signal is delivered before the syscall returns to user space,
         // so the process never uses the socket.
         // SAFETY: the helper only signals the current task.
@@ -130,8 +102,27 @@ fn uncheckable(family: u32, sock_type: u32, protocol: u32) -> bool {
     }
 }
 
+/// Decides on the creation of a socket that the connect and sendmsg
+/// checks cannot see, counts and reports the decision, and returns its
+/// verdict, or `None` when the caller is not policed or no policy of its
+/// cgroup restricts egress.
+#[inline(always)]
+pub(crate) fn judge_creation(family: u32, sock_type: u32, protocol: u32) -> Option<Verdict> {
+    let policed = policed::current()?;
+    let decision = decide(policed.policies)?;
+    let peer = Peer {
+        addr: [0; 4],
+        port: 0,
+        family: family as u16,
+        protocol,
+        sock_type,
+    };
+    net::count_and_report(&policed, &peer, EventKind::Socket, &decision);
+    Some(decision.verdict)
+}
+
 /// Returns whether a `socket(2)` request, with the protocol as the caller
-/// gave it (0 for the default of the type), asks for a socket that could
+/// gave it (0 for the default of the type), requests a socket that could
 /// reach a peer without passing the connect and sendmsg checks: a packet or
 /// XDP socket, or an IP socket other than TCP, MPTCP and UDP.
 #[inline(always)]
@@ -151,7 +142,7 @@ pub(crate) fn uncheckable_request(family: u32, sock_type: u32, protocol: u32) ->
 /// enforce-mode one denies it, audit-mode ones only report it. Returns
 /// `None` when no policy of the cgroup restricts egress.
 #[inline(always)]
-pub(crate) fn decide(policies: &CgroupPolicies) -> Option<Decision> {
+fn decide(policies: &CgroupPolicies) -> Option<Decision> {
     let mut audited: Option<Decision> = None;
     let denied = policed::find_slot(policies, |slot| {
         let policy = NET_POLICIES.get(slot)?;
