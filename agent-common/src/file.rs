@@ -91,6 +91,7 @@ pub mod op {
     pub const LSM_INODE_SET_ACL: u32 = 80;
     pub const LSM_INODE_REMOVE_ACL: u32 = 81;
     pub const LSM_FILE_MPROTECT: u32 = 82;
+    pub const LSM_FILE_IOCTL: u32 = 83;
 
     /// Returns the syscall name of an op, as in
     /// `/sys/kernel/tracing/events/syscalls`.
@@ -155,6 +156,7 @@ pub mod op {
             LSM_INODE_SET_ACL => "inode_set_acl",
             LSM_INODE_REMOVE_ACL => "inode_remove_acl",
             LSM_FILE_MPROTECT => "file_mprotect",
+            LSM_FILE_IOCTL => "file_ioctl",
             _ => "unknown",
         }
     }

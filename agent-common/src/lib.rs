@@ -42,7 +42,7 @@ pub mod program_names {
     pub const PROBE_LSM: &str = "parapet_probe_lsm";
     /// The LSM file programs and the hook each attaches to. A hook missing
     /// from the kernel (those in `LSM_FILE_NEWER`) is skipped.
-    pub const LSM_FILE: [(&str, &str); 19] = [
+    pub const LSM_FILE: [(&str, &str); 21] = [
         ("parapet_file_open", "file_open"),
         ("parapet_file_permission", "file_permission"),
         ("parapet_file_truncate", "file_truncate"),
@@ -62,10 +62,13 @@ pub mod program_names {
         ("parapet_inode_set_acl", "inode_set_acl"),
         ("parapet_inode_remove_acl", "inode_remove_acl"),
         ("parapet_file_mprotect", "file_mprotect"),
+        ("parapet_file_ioctl", "file_ioctl"),
+        ("parapet_file_ioctl_compat", "file_ioctl_compat"),
     ];
-    /// Hooks new in Linux 6.2. On older kernels `ftruncate(2)` reaches
-    /// `path_truncate`, and POSIX ACLs are set through `inode_setxattr`.
-    pub const LSM_FILE_NEWER: [&str; 3] = ["file_truncate", "inode_set_acl", "inode_remove_acl"];
+    /// Hooks new in Linux 6.2, and `file_ioctl_compat` in 6.8. On older
+    /// kernels `ftruncate(2)` reaches `path_truncate`, POSIX ACLs are set
+    /// through `inode_setxattr`, and 32-bit ioctls reach `file_ioctl`.
+    pub const LSM_FILE_NEWER: [&str; 4] = ["file_truncate", "inode_set_acl", "inode_remove_acl", "file_ioctl_compat"];
     /// The LSM exec program, on `bprm_check_security`.
     pub const LSM_EXEC: &str = "parapet_bprm_check_security";
     /// The LSM network programs and the hook each attaches to.

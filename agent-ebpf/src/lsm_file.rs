@@ -74,6 +74,10 @@ const PROT_WRITE: u64 = 0x2;
 const MAP_TYPE: u64 = 0x0f;
 const MAP_SHARED: u64 = 0x01;
 const MAP_SHARED_VALIDATE: u64 = 0x03;
+/// The ioctl commands that change inode flags.
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_6620;
 /// `VM_SHARED` in `vm_area_struct.vm_flags`.
 const VM_SHARED: u64 = 0x08;
 /// File type bits of `i_mode`.
@@ -309,14 +313,51 @@ pub fn parapet_file_mprotect(ctx: LsmContext) -> i32 {
     check_file(&offsets, op::LSM_FILE_MPROTECT, file)
 }
 
-/// Checks a change through an open file.
+/// `FS_IOC_SETFLAGS` (and its 32-bit form) and `FS_IOC_FSSETXATTR`, which
+/// change inode flags such as immutable or append-only through a
+/// descriptor that may be open for reading only.
+#[lsm(hook = "file_ioctl")]
+pub fn parapet_file_ioctl(ctx: LsmContext) -> i32 {
+    if let Some(verdict) = previous_verdict(ctx.arg(3)) {
+        return verdict;
+    }
+    check_flags_ioctl(ctx.arg(0), ctx.arg(1))
+}
+
+/// The same for 32-bit callers, from Linux 6.8 on.
+#[lsm(hook = "file_ioctl_compat")]
+pub fn parapet_file_ioctl_compat(ctx: LsmContext) -> i32 {
+    if let Some(verdict) = previous_verdict(ctx.arg(3)) {
+        return verdict;
+    }
+    check_flags_ioctl(ctx.arg(0), ctx.arg(1))
+}
+
+#[inline(always)]
+fn check_flags_ioctl(file: *const u8, command: u32) -> i32 {
+    if command != FS_IOC_SETFLAGS && command != FS_IOC32_SETFLAGS && command != FS_IOC_FSSETXATTR {
+        return ALLOW;
+    }
+    let Some(offsets) = offsets() else {
+        return ALLOW;
+    };
+    check_file_change(&offsets, op::LSM_FILE_IOCTL, file, Change::Attributes)
+}
+
+/// Checks a change of the content through an open file.
+#[inline(always)]
+fn check_file(offsets: &LsmOffsets, op: u32, file: *const u8) -> i32 {
+    check_file_change(offsets, op, file, Change::Content)
+}
+
+/// Checks a change of kind `change` through an open file.
 ///
 /// A backing file is skipped. Overlayfs gives it the overlay's path, so
 /// without this each open and write of an overlay file would be judged
 /// and reported twice. The caller's own file passed the same hook first,
 /// so the change was already refused or reported there.
 #[inline(always)]
-fn check_file(offsets: &LsmOffsets, op: u32, file: *const u8) -> i32 {
+fn check_file_change(offsets: &LsmOffsets, op: u32, file: *const u8, change: Change) -> i32 {
     let mode: u32 = read(file, offsets.file_mode).unwrap_or(0);
     if mode & FMODE_NOACCOUNT != 0 {
         return ALLOW;
@@ -327,7 +368,7 @@ fn check_file(offsets: &LsmOffsets, op: u32, file: *const u8) -> i32 {
     let Some(dentry) = read_ptr(file, offsets.file_path_dentry) else {
         return ALLOW;
     };
-    check(offsets, op, vfsmount, dentry, Change::Content)
+    check(offsets, op, vfsmount, dentry, change)
 }
 
 /// Checks a change at a `struct path`, or at `child` below the directory

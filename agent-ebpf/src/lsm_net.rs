@@ -48,6 +48,7 @@ static LSM_NET_OFFSETS: LsmNetOffsets = LsmNetOffsets {
     msghdr_flags: 0,
 };
 
+const AF_UNSPEC: u16 = 0;
 const SOCK_STREAM: u32 = 1;
 /// The peer of the call being judged.
 #[map]
@@ -165,19 +166,23 @@ fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_l
     };
     // SAFETY: the per-CPU entry is this program run's alone.
     let scratch = unsafe { &mut *scratch };
-    match given.family {
-        FAMILY_INET if address_len >= SOCKADDR_IN_LEN => {
-            scratch.addr = [0, 0, V4_MAPPED_WORD, given.flowinfo_or_ipv4];
-        }
-        FAMILY_INET6 if address_len >= SOCKADDR_IN6_LEN => scratch.addr = given.addr,
-        // `AF_UNSPEC` dissolves an association and reaches no peer. Other
-        // families are no IP peer.
-        _ => return ALLOW,
+    // IPv4 UDP sends to an `AF_UNSPEC` destination as to an IPv4 one. A
+    // connect to `AF_UNSPEC` dissolves an association and reaches no peer,
+    // and so does a send to it on an IPv6 socket.
+    let unspec_as_ipv4 = given.family == AF_UNSPEC && kind == EventKind::Sendmsg && socket_family == FAMILY_INET;
+    if (given.family == FAMILY_INET || unspec_as_ipv4) && address_len >= SOCKADDR_IN_LEN {
+        scratch.addr = [0, 0, V4_MAPPED_WORD, given.flowinfo_or_ipv4];
+        scratch.family = FAMILY_INET;
+    } else if given.family == FAMILY_INET6 && address_len >= SOCKADDR_IN6_LEN {
+        scratch.addr = given.addr;
+        scratch.family = FAMILY_INET6;
+    } else {
+        // Other families name no IP peer.
+        return ALLOW;
     }
     let sock_type: u16 = read(sock, offsets.socket_type).unwrap_or(0);
     let protocol: u16 = read(sk, offsets.sock_protocol).unwrap_or(0);
     scratch.port = u16::from_be(given.port);
-    scratch.family = given.family;
     scratch.protocol = rule_protocol(u32::from(protocol));
     scratch.sock_type = u32::from(sock_type);
     // The peer is read back through a new lookup, so that the IPv4 and

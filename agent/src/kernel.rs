@@ -272,7 +272,7 @@ fn attach_lsm_file(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     for (name, hook) in program_names::LSM_FILE {
         if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook) {
             if program_names::LSM_FILE_NEWER.contains(&hook) {
-                tracing::debug!(hook, error = %error, "hook not attached: it is new in Linux 6.2");
+                tracing::debug!(hook, error = %error, "hook not attached: this kernel predates it");
                 continue;
             }
             return Err(error);

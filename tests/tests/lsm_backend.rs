@@ -448,6 +448,9 @@ async fn read_only_bypasses_refused() -> Result<()> {
     // A POSIX ACL, which Linux 6.2 and later set through `inode_set_acl`.
     let acl = shell(&db, &format!("{NETPROBE} file acl /data.txt")).await?;
     assert!(acl.stdout.contains(EPERM_TEXT), "acl: {acl:?}");
+    // Inode flags, through a descriptor open for reading.
+    let flags = shell(&db, &format!("{NETPROBE} file setflags /data.txt")).await?;
+    assert!(flags.stdout.contains(EPERM_TEXT), "setflags: {flags:?}");
 
     // The same changes issued through io_uring.
     check_io_uring_allowed()?;
@@ -627,6 +630,7 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         ("TCP port not listed, IPv4-mapped", vec!["connect", "tcp", &mapped, "8081"]),
         ("UDP port not listed, connected", vec!["connect", "udp", &server_ip, "8083"]),
         ("UDP port not listed, sendto", vec!["send", "udp", &server_ip, "8083"]),
+        ("UDP to an AF_UNSPEC address", vec!["send-unspec", "udp", &server_ip, "8083"]),
         ("UDP to a TCP-only port", vec!["send", "udp", &server_ip, "8080"]),
         ("UDP-Lite socket", vec!["socket", "udplite"]),
         ("raw socket", vec!["socket", "raw"]),
@@ -670,7 +674,7 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         .into_iter()
         .filter(|e| e.kind == Kind::Network && e.verdict == VerdictName::Deny)
         .count();
-    assert_eq!(denied, 9, "one event per refused call");
+    assert_eq!(denied, 10, "one event per refused call");
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())

@@ -25,7 +25,7 @@ mod uring;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     match parse(&args) {
         Ok(Command::Connect(protocol, target)) => report(connect(protocol, target)),
         Ok(Command::Send(target)) => report(send_unconnected(target)),
+        Ok(Command::SendUnspec(target)) => report(send_unspec(target)),
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
@@ -78,6 +79,9 @@ fn main() -> ExitCode {
 enum Command {
     Connect(Protocol, SocketAddr),
     Send(SocketAddr),
+    /// One datagram to an IPv4 peer whose address is marked `AF_UNSPEC`,
+    /// which IPv4 UDP takes as an IPv4 address.
+    SendUnspec(std::net::SocketAddrV4),
     Listen(Protocol, u16),
     /// `socket(family, type, protocol)` and nothing else.
     Socket(i32, i32, i32),
@@ -110,6 +114,10 @@ fn parse(args: &[&str]) -> Result<Command, String> {
             parse_target(addr, port)?,
         )),
         ["send", "udp", addr, port] => Ok(Command::Send(parse_target(addr, port)?)),
+        ["send-unspec", "udp", addr, port] => match parse_target(addr, port)? {
+            SocketAddr::V4(target) => Ok(Command::SendUnspec(target)),
+            SocketAddr::V6(_) => Err(format!("send-unspec takes an IPv4 address, not {addr:?}")),
+        },
         ["listen", protocol, port] => Ok(Command::Listen(
             parse_protocol(protocol)?,
             parse_port(port)?,
@@ -311,6 +319,32 @@ fn send_unconnected(target: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+fn send_unspec(target: std::net::SocketAddrV4) -> io::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let address = libc::sockaddr_in {
+        sin_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sin_port: target.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(target.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a valid socket, a payload of the length given, and a
+    // `sockaddr_in` of the length given.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            PAYLOAD.as_ptr().cast(),
+            PAYLOAD.len(),
+            0,
+            (&raw const address).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    check(sent as i64)?;
+    Ok(())
+}
+
 fn listen(protocol: Protocol, port: u16) -> ExitCode {
     let mut workers = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
@@ -471,6 +505,11 @@ fn check(result: i64) -> io::Result<i64> {
 
 /// Changes the file at `path` through a descriptor: the data comes from a
 /// pipe or another file, never from a path-based write.
+/// `FS_IOC_GETFLAGS`, `FS_IOC_SETFLAGS` and the `chattr +d` flag.
+const FS_IOC_GETFLAGS: libc::Ioctl = 0x8008_6601u64 as libc::Ioctl;
+const FS_IOC_SETFLAGS: libc::Ioctl = 0x4008_6602u64 as libc::Ioctl;
+const FS_NODUMP_FL: libc::c_long = 0x40;
+
 fn file_operation(operation: String, path: String) -> io::Result<()> {
     let c_path = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let open = |flags: i32| -> io::Result<i32> {
@@ -515,6 +554,16 @@ fn file_operation(operation: String, path: String) -> io::Result<()> {
             }
             // SAFETY: the mapping is one writable page.
             unsafe { *address.cast::<u8>() = b'!' };
+        }
+        "setflags" => {
+            let target = open(libc::O_RDONLY)?;
+            let mut flags: libc::c_long = 0;
+            // SAFETY: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS take a pointer to
+            // a flags word.
+            check(i64::from(unsafe { libc::ioctl(target, FS_IOC_GETFLAGS, &mut flags) }))?;
+            flags |= FS_NODUMP_FL;
+            // SAFETY: as above.
+            check(i64::from(unsafe { libc::ioctl(target, FS_IOC_SETFLAGS, &flags) }))?;
         }
         "acl" => {
             // The POSIX ACL of mode 644 as the kernel stores it: version 2,
