@@ -74,6 +74,11 @@ pub struct LsmNetOffsets {
     pub msghdr_name: u32,
     pub msghdr_namelen: u32,
     pub msghdr_flags: u32,
+    /// `sock.__sk_common.skc_daddr`, `skc_dport` and `skc_v6_daddr`: the
+    /// connected peer.
+    pub sock_daddr: u32,
+    pub sock_dport: u32,
+    pub sock_v6_daddr: u32,
 }
 
 /// Bits of the one entry of `LSM_BACKENDS`, set by the agent once the LSM

@@ -46,13 +46,21 @@ static LSM_NET_OFFSETS: LsmNetOffsets = LsmNetOffsets {
     msghdr_name: 0,
     msghdr_namelen: 0,
     msghdr_flags: 0,
+    sock_daddr: 0,
+    sock_dport: 0,
+    sock_v6_daddr: 0,
 };
 
 const AF_UNSPEC: u16 = 0;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 /// The peer of the call being judged.
 #[map]
 static PEER_SCRATCH: PerCpuArray<Peer> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1 when the call being judged is a send to the socket's connected peer.
+#[map]
+static CONNECTED_SEND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// `MSG_FASTOPEN` in `msghdr.msg_flags`.
 const MSG_FASTOPEN: u32 = 0x2000_0000;
@@ -106,6 +114,11 @@ pub fn parapet_socket_connect(ctx: LsmContext) -> i32 {
     let Some(offsets) = offsets() else {
         return ALLOW;
     };
+    // The kernel always passes its copy of the address. Null would mean
+    // the connected peer to `judge`.
+    if address.is_null() {
+        return ALLOW;
+    }
     judge(&offsets, sock, address, address_len, EventKind::Connect)
 }
 
@@ -119,18 +132,22 @@ pub fn parapet_socket_sendmsg(ctx: LsmContext) -> i32 {
     let Some(offsets) = offsets() else {
         return ALLOW;
     };
-    // Most messages name no destination: leave them before any lookup.
-    let Some(address) = read_ptr(msg, offsets.msghdr_name) else {
-        return ALLOW;
-    };
-    let address_len: i32 = read(msg, offsets.msghdr_namelen).unwrap_or(0);
     let sock_type: u16 = read(sock, offsets.socket_type).unwrap_or(0);
-    if sock_type as u32 == SOCK_STREAM {
+    let address = read_ptr(msg, offsets.msghdr_name).unwrap_or(core::ptr::null());
+    if address.is_null() {
+        // A send on a connected datagram socket goes to the socket's peer,
+        // which may have been connected before the policy arrived. Other
+        // sockets without a destination (most sends) leave at once.
+        if u32::from(sock_type) != SOCK_DGRAM {
+            return ALLOW;
+        }
+    } else if u32::from(sock_type) == SOCK_STREAM {
         let flags: u32 = read(msg, offsets.msghdr_flags).unwrap_or(0);
         if flags & MSG_FASTOPEN == 0 {
             return ALLOW;
         }
     }
+    let address_len: i32 = read(msg, offsets.msghdr_namelen).unwrap_or(0);
     judge(&offsets, sock, address, address_len, EventKind::Sendmsg)
 }
 
@@ -141,9 +158,12 @@ fn offsets() -> Option<LsmNetOffsets> {
     (offsets.valid != 0).then_some(offsets)
 }
 
-/// Judges a call of an IPv4 or IPv6 socket toward `address`. Anything
-/// else passes, and so does an address too short for its family, which
-/// the kernel refuses with EINVAL after this hook.
+/// Judges a call of an IPv4 or IPv6 socket toward `address`, or toward
+/// the socket's connected peer when `address` is null. Anything else
+/// passes, and so does an address too short for its family, which the
+/// kernel refuses with EINVAL after this hook. A send to the connected peer
+/// that the policy allows is neither counted nor reported, since the
+/// connect was.
 #[inline(always)]
 fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_len: i32, kind: EventKind) -> i32 {
     let Some(sk) = read_ptr(sock, offsets.socket_sk) else {
@@ -156,16 +176,58 @@ fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_l
     let Some(policed) = policed::current() else {
         return ALLOW;
     };
-    // SAFETY: a checked kernel read. The hooks get a kernel copy of the
-    // caller's address, in a buffer as large as any address.
-    let Ok(given) = (unsafe { bpf_probe_read_kernel(address.cast::<SockaddrIn6>()) }) else {
-        return ALLOW;
-    };
     let Some(scratch) = PEER_SCRATCH.get_ptr_mut(0) else {
         return ALLOW;
     };
     // SAFETY: the per-CPU entry is this program run's alone.
     let scratch = unsafe { &mut *scratch };
+    let connected = address.is_null();
+    let found = if connected {
+        connected_peer(offsets, sk, socket_family, scratch)
+    } else {
+        given_peer(address, address_len, kind, socket_family, scratch)
+    };
+    if !found {
+        return ALLOW;
+    }
+    let sock_type: u16 = read(sock, offsets.socket_type).unwrap_or(0);
+    let protocol: u16 = read(sk, offsets.sock_protocol).unwrap_or(0);
+    scratch.protocol = rule_protocol(u32::from(protocol));
+    scratch.sock_type = u32::from(sock_type);
+    if let Some(flag) = CONNECTED_SEND.get_ptr_mut(0) {
+        // SAFETY: the per-CPU entry is this program run's alone.
+        unsafe { *flag = u32::from(connected) };
+    }
+    // The peer is read back through a new lookup, so that the IPv4 and
+    // IPv6 branches end in the same verifier state and the verifier walks
+    // the rule matching once, not once per branch.
+    let Some(peer) = PEER_SCRATCH.get(0) else {
+        return ALLOW;
+    };
+    let Some(decision) = net::decide(policed.policies, peer) else {
+        return ALLOW;
+    };
+    // Read back from the map for the same reason as the peer.
+    let connected = CONNECTED_SEND.get(0).is_some_and(|flag| *flag != 0);
+    if connected && decision.verdict == Verdict::Allow {
+        return ALLOW;
+    }
+    net::count_and_report(&policed, peer, kind, &decision);
+    match decision.verdict {
+        Verdict::Deny => DENY,
+        Verdict::Allow | Verdict::Audit => ALLOW,
+    }
+}
+
+/// Fills the address, port and family of `scratch` from the address the
+/// caller gave. Returns false when it names no IP peer.
+#[inline(always)]
+fn given_peer(address: *const u8, address_len: i32, kind: EventKind, socket_family: u16, scratch: &mut Peer) -> bool {
+    // SAFETY: a checked kernel read. The hooks get a kernel copy of the
+    // caller's address, in a buffer as large as any address.
+    let Ok(given) = (unsafe { bpf_probe_read_kernel(address.cast::<SockaddrIn6>()) }) else {
+        return false;
+    };
     // IPv4 UDP sends to an `AF_UNSPEC` destination as to an IPv4 one. A
     // connect to `AF_UNSPEC` dissolves an association and reaches no peer,
     // and so does a send to it on an IPv6 socket.
@@ -178,27 +240,36 @@ fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_l
         scratch.family = FAMILY_INET6;
     } else {
         // Other families name no IP peer.
-        return ALLOW;
+        return false;
     }
-    let sock_type: u16 = read(sock, offsets.socket_type).unwrap_or(0);
-    let protocol: u16 = read(sk, offsets.sock_protocol).unwrap_or(0);
     scratch.port = u16::from_be(given.port);
-    scratch.protocol = rule_protocol(u32::from(protocol));
-    scratch.sock_type = u32::from(sock_type);
-    // The peer is read back through a new lookup, so that the IPv4 and
-    // IPv6 branches end in the same verifier state and the verifier walks
-    // the rule matching once, not once per branch.
-    let Some(peer) = PEER_SCRATCH.get(0) else {
-        return ALLOW;
-    };
-    let Some(decision) = net::decide(policed.policies, peer) else {
-        return ALLOW;
-    };
-    net::count_and_report(&policed, peer, kind, &decision);
-    match decision.verdict {
-        Verdict::Deny => DENY,
-        Verdict::Allow | Verdict::Audit => ALLOW,
+    true
+}
+
+/// Fills the address, port and family of `scratch` from the peer the
+/// socket `sk` is connected to. Returns false when it has none (the kernel
+/// then fails the send with EDESTADDRREQ).
+#[inline(always)]
+fn connected_peer(offsets: &LsmNetOffsets, sk: *const u8, socket_family: u16, scratch: &mut Peer) -> bool {
+    let port: u16 = read(sk, offsets.sock_dport).unwrap_or(0);
+    if port == 0 {
+        return false;
     }
+    if socket_family == FAMILY_INET {
+        let Some(addr) = read::<u32>(sk, offsets.sock_daddr) else {
+            return false;
+        };
+        scratch.addr = [0, 0, V4_MAPPED_WORD, addr];
+    } else {
+        // An IPv6 socket connected to an IPv4 peer holds it IPv4-mapped.
+        let Some(addr) = read::<[u32; 4]>(sk, offsets.sock_v6_daddr) else {
+            return false;
+        };
+        scratch.addr = addr;
+    }
+    scratch.family = socket_family;
+    scratch.port = u16::from_be(port);
+    true
 }
 
 /// Returns the protocol the rules name for a socket: an MPTCP socket

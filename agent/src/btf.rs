@@ -747,6 +747,9 @@ impl KernelBtf {
             msghdr_name: self.member_offset("msghdr", &["msg_name"])?,
             msghdr_namelen: self.member_offset("msghdr", &["msg_namelen"])?,
             msghdr_flags: self.member_offset("msghdr", &["msg_flags"])?,
+            sock_daddr: self.member_offset("sock", &["__sk_common", "skc_daddr"])?,
+            sock_dport: self.member_offset("sock", &["__sk_common", "skc_dport"])?,
+            sock_v6_daddr: self.member_offset("sock", &["__sk_common", "skc_v6_daddr"])?,
         })
     }
 

@@ -609,6 +609,13 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         "  network:\n    egress:\n      - to: [{{address: {}}}]\n        ports: [{{port: 8080, protocol: TCP}}, {{port: 8082, protocol: UDP}}]\n",
         server.ip
     );
+    // A UDP socket connected to a refused peer before the policy arrives.
+    let held = format!(
+        "netprobe held-udp {} 8083 /tmp/go-udp /tmp/held-udp </dev/null >/dev/null 2>&1 &",
+        server.ip
+    );
+    let output = shell(&client, &held).await?;
+    assert_eq!(output.exit_code, 0, "{output:?}");
     let mut agent = Agent::start(&containerd, &[("client.yaml", &policy("client-egress", "client", "enforce", &egress))])?;
     agent.wait_ready()?;
     skip_unless_lsm!(agent, containerd);
@@ -643,6 +650,8 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         assert!(is_eperm(&output), "{what}: {output:?}");
         assert!(output.stdout.ends_with("alive\n"), "{what}: {output:?}");
     }
+    let held = shell(&client, "touch /tmp/go-udp; sleep 1; cat /tmp/held-udp").await?;
+    assert!(held.stdout.starts_with("error errno=1 "), "send on a socket connected before the policy: {held:?}");
     for args in [
         vec!["connect", "tcp", &server_ip, "8081"],
         vec!["send", "udp", &server_ip, "8083"],
@@ -674,7 +683,7 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         .into_iter()
         .filter(|e| e.kind == Kind::Network && e.verdict == VerdictName::Deny)
         .count();
-    assert_eq!(denied, 10, "one event per refused call");
+    assert_eq!(denied, 11, "one event per refused call");
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Ok(Command::Connect(protocol, target)) => report(connect(protocol, target)),
         Ok(Command::Send(target)) => report(send_unconnected(target)),
         Ok(Command::SendUnspec(target)) => report(send_unspec(target)),
+        Ok(Command::HeldUdp(target, trigger, result)) => report(held_udp(target, &trigger, &result)),
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
@@ -79,6 +80,9 @@ fn main() -> ExitCode {
 enum Command {
     Connect(Protocol, SocketAddr),
     Send(SocketAddr),
+    /// A UDP socket connected now that sends one datagram once the file
+    /// `trigger` exists, and writes the outcome to the file `result`.
+    HeldUdp(SocketAddr, String, String),
     /// One datagram to an IPv4 peer whose address is marked `AF_UNSPEC`,
     /// which IPv4 UDP takes as an IPv4 address.
     SendUnspec(std::net::SocketAddrV4),
@@ -114,6 +118,11 @@ fn parse(args: &[&str]) -> Result<Command, String> {
             parse_target(addr, port)?,
         )),
         ["send", "udp", addr, port] => Ok(Command::Send(parse_target(addr, port)?)),
+        ["held-udp", addr, port, trigger, result] => Ok(Command::HeldUdp(
+            parse_target(addr, port)?,
+            (*trigger).to_owned(),
+            (*result).to_owned(),
+        )),
         ["send-unspec", "udp", addr, port] => match parse_target(addr, port)? {
             SocketAddr::V4(target) => Ok(Command::SendUnspec(target)),
             SocketAddr::V6(_) => Err(format!("send-unspec takes an IPv4 address, not {addr:?}")),
@@ -317,6 +326,22 @@ fn send_unconnected(target: SocketAddr) -> io::Result<()> {
     let socket = UdpSocket::bind(unspecified_for(target))?;
     socket.send_to(PAYLOAD, target)?;
     Ok(())
+}
+
+fn held_udp(target: SocketAddr, trigger: &str, result: &str) -> io::Result<()> {
+    let socket = UdpSocket::bind(unspecified_for(target))?;
+    socket.connect(target)?;
+    while !std::path::Path::new(trigger).exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let outcome = match socket.send(PAYLOAD) {
+        Ok(_) => "ok".to_owned(),
+        Err(error) => {
+            let errno = error.raw_os_error().unwrap_or(libc::EIO);
+            format!("error errno={errno} {}", describe_errno(errno))
+        }
+    };
+    std::fs::write(result, outcome)
 }
 
 fn send_unspec(target: std::net::SocketAddrV4) -> io::Result<()> {
