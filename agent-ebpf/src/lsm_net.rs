@@ -176,6 +176,7 @@ fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_l
     let Some(policed) = policed::current() else {
         return ALLOW;
     };
+
     let Some(scratch) = PEER_SCRATCH.get_ptr_mut(0) else {
         return ALLOW;
     };
@@ -190,6 +191,7 @@ fn judge(offsets: &LsmNetOffsets, sock: *const u8, address: *const u8, address_l
     if !found {
         return ALLOW;
     }
+
     let sock_type: u16 = read(sock, offsets.socket_type).unwrap_or(0);
     let protocol: u16 = read(sk, offsets.sock_protocol).unwrap_or(0);
     scratch.protocol = rule_protocol(u32::from(protocol));
@@ -261,7 +263,7 @@ fn connected_peer(offsets: &LsmNetOffsets, sk: *const u8, socket_family: u16, sc
         };
         scratch.addr = [0, 0, V4_MAPPED_WORD, addr];
     } else {
-        // An IPv6 socket connected to an IPv4 peer holds it IPv4-mapped.
+        // An IPv6 socket connected to an IPv4 peer stores it IPv4-mapped.
         let Some(addr) = read::<[u32; 4]>(sk, offsets.sock_v6_daddr) else {
             return false;
         };

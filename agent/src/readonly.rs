@@ -30,9 +30,10 @@
 //!
 //! A container's processes can make mount namespaces of their own. Every
 //! namespace in the container's cgroup gets the same treatment, and the
-//! agent looks for new ones every second. NOTE: with the LSM backend, a
-//! namespace made after an attempt has mounts with new ids, which stay
-//! writable until the agent finds the namespace.
+//! agent looks for new ones, and with the LSM backend for new mounts in
+//! known ones, every second. NOTE: with the LSM backend, a namespace or a
+//! mount made after an attempt has new mount ids, which stay writable
+//! until the agent finds them.
 
 use std::{
     collections::HashMap,
@@ -114,8 +115,9 @@ struct Record {
     attempted_at: Instant,
     /// Entries written to the kernel for this container by the LSM backend.
     entries: KernelEntries,
-    /// Mount namespaces handled, by device and inode.
-    namespaces: Vec<(u64, u64)>,
+    /// Mount namespaces handled, by device and inode, with the hash of
+    /// their mount ids.
+    namespaces: Vec<(u64, u64, u64)>,
 }
 
 /// The outcome of one attempt, for the caller to log and report.
@@ -163,7 +165,7 @@ impl Tracker {
                 };
                 changed
                     || (record.state != State::Enforced && record.attempted_at.elapsed() >= RETRY_INTERVAL)
-                    || namespaces.iter().any(|ns| !record.namespaces.contains(&(ns.dev, ns.ino)))
+                    || namespaces.iter().any(|ns| !record.namespaces.iter().any(|known| same_namespace(*known, ns, method)))
             }
         }
     }
@@ -245,7 +247,7 @@ impl Tracker {
                 state: state.clone(),
                 attempted_at: Instant::now(),
                 entries: entries.clone(),
-                namespaces: namespaces.iter().map(|ns| (ns.dev, ns.ino)).collect(),
+                namespaces: namespaces.iter().map(|ns| (ns.dev, ns.ino, ns.mounts)).collect(),
             },
         );
         let changed = previous.as_ref().is_none_or(|record| record.state != state);
@@ -349,6 +351,16 @@ fn prepare_lsm(
             (KernelEntries::default(), missing)
         }
     }
+}
+
+/// Returns whether `ns` is the namespace recorded as `known` and, with the
+/// LSM backend, still has the same mounts. The LSM entries name mounts by
+/// id, so a mount added later (a bind of `/` inside a user namespace) needs
+/// a new attempt. Mounts added to a namespace the fallback made read-only
+/// keep the read-only flag they are copied from.
+fn same_namespace(known: (u64, u64, u64), ns: &mountns::namespaces::Namespace, method: Method) -> bool {
+    let (dev, ino, mounts) = known;
+    dev == ns.dev && ino == ns.ino && (method == Method::Mounts || mounts == ns.mounts)
 }
 
 /// Returns the mode of the LSM entry for the mount at `mount_point`.

@@ -482,6 +482,14 @@ async fn read_only_bypasses_refused() -> Result<()> {
         }
     }
 
+    // A bind of the root made inside a user and mount namespace that the
+    // agent already knows: the agent finds the new mounts within a second.
+    let rebind = "mkdir -p /tmp/rebind && unshare -Urm sh -c \
+        'sleep 2; mount -o rbind / /tmp/rebind && sleep 3 && echo x >> /tmp/rebind/data.txt'";
+    let output = shell(&db, rebind).await?;
+    assert_ne!(output.exit_code, 0, "write through a later bind of the root: {output:?}");
+    assert!(output.stderr.contains(EPERM_TEXT), "write through a later bind of the root: {output:?}");
+
     let content = shell(&db, "cat /data.txt; stat -c %s /data.txt; cat $(cat /tmp/deep-path)/file").await?;
     assert_eq!(content.stdout.split_whitespace().collect::<Vec<_>>(), ["original", "9", "deep"]);
     let listing = shell(&db, "ls /").await?;

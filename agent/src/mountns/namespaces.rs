@@ -2,7 +2,9 @@
 //! have one, but a process may make its own (`unshare -Urm` needs no
 //! capability where unprivileged user namespaces are allowed). A namespace
 //! copied before the container was made read-only keeps writable mounts,
-//! so the agent makes every one of them read-only.
+//! so the agent makes every one of them read-only. A process with its own
+//! user namespace can also add mounts to its mount namespace later, and
+//! `Namespace::mounts` changes when it does.
 
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
@@ -13,6 +15,9 @@ pub struct Namespace {
     pub dev: u64,
     pub ino: u64,
     pub pid: u32,
+    /// A hash of the ids of its mounts, which changes when a mount is
+    /// added or removed; 0 when the mount table could not be read.
+    pub mounts: u64,
 }
 
 /// Returns the distinct mount namespaces of the processes in the cgroup at
@@ -30,7 +35,22 @@ pub fn of_cgroup(cgroup: &Path) -> Vec<Namespace> {
         if excluded.contains(&Some((dev, ino))) || namespaces.iter().any(|ns| ns.dev == dev && ns.ino == ino) {
             continue;
         }
-        namespaces.push(Namespace { dev, ino, pid });
+        let mounts = mount_ids_hash(pid);
+        namespaces.push(Namespace { dev, ino, pid, mounts });
     }
     namespaces
+}
+
+/// Hashes the mount ids (the first field of each line) of the mountinfo
+/// of process `pid`.
+fn mount_ids_hash(pid: u32) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let Ok(mountinfo) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return 0;
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for line in mountinfo.lines() {
+        line.split(' ').next().unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
