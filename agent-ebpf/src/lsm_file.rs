@@ -324,7 +324,7 @@ pub fn parapet_file_ioctl(ctx: LsmContext) -> i32 {
     check_flags_ioctl(ctx.arg(0), ctx.arg(1))
 }
 
-/// The same for 32-bit callers, from Linux 6.8 on.
+/// Checks the same ioctls from 32-bit callers, from Linux 6.8 on.
 #[lsm(hook = "file_ioctl_compat")]
 pub fn parapet_file_ioctl_compat(ctx: LsmContext) -> i32 {
     if let Some(verdict) = previous_verdict(ctx.arg(3)) {

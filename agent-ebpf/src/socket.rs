@@ -121,10 +121,10 @@ pub(crate) fn judge_creation(family: u32, sock_type: u32, protocol: u32) -> Opti
     Some(decision.verdict)
 }
 
-/// Returns whether a `socket(2)` request, with the protocol as the caller
-/// gave it (0 for the default of the type), requests a socket that could
-/// reach a peer without passing the connect and sendmsg checks: a packet or
-/// XDP socket, or an IP socket other than TCP, MPTCP and UDP.
+/// Returns whether a `socket(2)` request could reach a peer without passing
+/// the connect and sendmsg checks: a packet or XDP socket, or an IP socket
+/// other than TCP, MPTCP and UDP. `protocol` is as the caller gave it, 0
+/// for the default of the type.
 #[inline(always)]
 pub(crate) fn uncheckable_request(family: u32, sock_type: u32, protocol: u32) -> bool {
     match family {

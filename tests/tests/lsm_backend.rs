@@ -72,13 +72,13 @@ macro_rules! skip_unless_lsm {
 }
 
 /// Files and descriptors the bypass cases need, made before the policy
-/// arrives: a data file, a hard link to it from a writable directory of the
-/// root file system, a directory tree 64 levels deep with a file and an
-/// empty directory at its bottom, a file below a path
-/// of over 4096 bytes, files for the io_uring cases, a process that keeps
-/// a write descriptor open and writes through it once `/tmp/go` exists,
-/// and a netprobe that keeps a read-write descriptor of `/data.txt` open
-/// and tries every descriptor change once `/tmp/go-held` exists.
+/// arrives. The files are a data file, a hard link to it from a writable
+/// directory of the root file system, a directory tree 64 levels deep with
+/// a file and an empty directory at its bottom, a file below a path of
+/// over 4096 bytes, and files for the io_uring cases. A shell keeps a write
+/// descriptor open and writes through it once `/tmp/go` exists. A netprobe
+/// keeps a read-write descriptor of `/data.txt` open and tries every
+/// descriptor change once `/tmp/go-held` exists.
 const PREPARE: &str = "set -e
 echo original > /data.txt && chmod 644 /data.txt && echo other > /other.txt
 echo other > /uring-other.txt && echo victim > /uring-victim.txt
@@ -483,7 +483,8 @@ async fn read_only_bypasses_refused() -> Result<()> {
     }
 
     // A bind of the root made inside a user and mount namespace that the
-    // agent already knows: the agent finds the new mounts within a second.
+    // agent has already handled. The agent finds the new mounts within a
+    // second.
     let rebind = "mkdir -p /tmp/rebind && unshare -Urm sh -c \
         'sleep 2; mount -o rbind / /tmp/rebind && sleep 3 && echo x >> /tmp/rebind/data.txt'";
     let output = shell(&db, rebind).await?;

@@ -43,6 +43,9 @@ pub fn of_cgroup(cgroup: &Path) -> Vec<Namespace> {
 
 /// Hashes the mount ids (the first field of each line) of the mountinfo
 /// of process `pid`.
+///
+/// NOTE: it runs for every namespace at each check, also with the
+/// fallback backend, which never uses the hash.
 fn mount_ids_hash(pid: u32) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let Ok(mountinfo) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
