@@ -24,6 +24,8 @@ pub mod map_names {
     pub const READ_ONLY_MOUNTS: &str = "READ_ONLY_MOUNTS";
     pub const READ_ONLY_SUPERBLOCKS: &str = "READ_ONLY_SUPERBLOCKS";
     pub const LSM_BACKENDS: &str = "LSM_BACKENDS";
+    pub const ACTIVE_GENERATION: &str = "ACTIVE_GENERATION";
+    pub const POLICY_NAMES: &str = "POLICY_NAMES";
 }
 
 /// Names of the kernel programs.
@@ -117,6 +119,19 @@ pub struct ExecPath {
     /// 1 when the path was longer than `MAX_EXEC_PATH - 1` bytes and is cut.
     pub truncated: u32,
     pub bytes: [u8; MAX_EXEC_PATH],
+}
+
+/// Room for a policy name in `POLICY_NAMES`, in bytes: a Kubernetes object
+/// name has at most 253, and 256 leaves the struct without padding.
+pub const MAX_POLICY_NAME: usize = 256;
+
+/// A policy name: value of `POLICY_NAMES`, keyed by slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyName {
+    /// Bytes of `bytes` in use.
+    pub len: u32,
+    pub bytes: [u8; MAX_POLICY_NAME],
 }
 
 /// Rule index reported when no rule of a policy matched.
@@ -261,6 +276,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::net::NetPolicy {}
     unsafe impl aya::Pod for super::ExecPath {}
+    unsafe impl aya::Pod for super::PolicyName {}
     unsafe impl aya::Pod for super::exec::ExecRuleKey {}
     unsafe impl aya::Pod for super::exec::ExecRuleValue {}
     unsafe impl aya::Pod for super::exec::ExecPolicy {}

@@ -179,11 +179,13 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(pending) = (unsafe { PENDING_FILE_OPS.get(&pid_tgid) }).copied() else {
         return;
     };
-    let _ = PENDING_FILE_OPS.remove(&pid_tgid);
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET_OFFSET) }) else {
+    // While a new generation takes over, both generations' exit programs
+    // run: the pending entry is left to the active one, which counts it.
+    let Some(policed) = policed::current() else {
         return;
     };
-    let Some(policed) = policed::current() else {
+    let _ = PENDING_FILE_OPS.remove(&pid_tgid);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET_OFFSET) }) else {
         return;
     };
     let Some((verdict, slot)) = decide(policed.policies, ret) else {

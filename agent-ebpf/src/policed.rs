@@ -24,9 +24,17 @@ pub struct Policed {
 }
 
 /// Finds the entry of the current task's cgroup, or else of its deepest
-/// ancestor that has one. Returns `None` for a process that no policy covers.
+/// ancestor that has one. Returns `None` for a process that no policy
+/// covers, and for every process while another load of the programs is the
+/// active generation.
 #[inline(always)]
 pub fn current() -> Option<Policed> {
+    let policed = entry()?;
+    crate::generation::active().then_some(policed)
+}
+
+#[inline(always)]
+fn entry() -> Option<Policed> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the agent only ever replaces whole values of this map, and a
     // value is only read here, within one program run.

@@ -38,6 +38,8 @@ pub struct AgentOptions {
     pub require_lsm: bool,
     /// How long a removed workload's counters and identity are kept.
     pub retention: Duration,
+    /// bpffs directory the kernel links and maps are pinned in.
+    pub pin_dir: PathBuf,
 }
 
 /// How often the agent looks for new and removed workloads.
@@ -52,6 +54,9 @@ const PENDING_RETRY: Duration = Duration::from_millis(10);
 const PENDING_WINDOW: Duration = Duration::from_secs(5);
 /// How often it looks for new mount namespaces in read-only containers.
 const NAMESPACE_CHECK: Duration = Duration::from_secs(1);
+/// How long the event reader waits for the first pass over the workloads
+/// before it starts anyway.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(10);
 /// How often it looks for policy changes.
 const POLICY_POLL: Duration = Duration::from_secs(1);
 
@@ -76,8 +81,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     })?;
     let v2_mount = cgroups::find_v2_mount()?;
     let attach = attach_cgroup(&v2_mount, options.cgroup_root.as_deref())?;
+    let pins = crate::pins::Pins::open(&options.pin_dir, crate::kernel::PROGRAMS)?;
     let loading = std::time::Instant::now();
-    let mut kernel = match Kernel::load_and_attach(&attach, options.require_lsm) {
+    let mut kernel = match Kernel::load_and_attach(&attach, options.require_lsm, &pins) {
         Ok(kernel) => kernel,
         Err(error @ crate::kernel::KernelError::LsmRequired(_)) => return Err(error.into()),
         Err(error) => {
@@ -122,10 +128,28 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
-    let mut enforcer = Enforcer::new();
+    let mut enforcer = if pins.maps_adopted {
+        let adopted = crate::adopt::read(&kernel);
+        let mut names = identities.write().unwrap_or_else(|e| e.into_inner());
+        for (slot, name) in &adopted.policy_names {
+            names.set_slot_policy(*slot, name);
+        }
+        drop(names);
+        Enforcer::adopting(&adopted)
+    } else {
+        Enforcer::new()
+    };
     enforcer.install_policies(&mut kernel, policies)?;
     name_slots(&enforcer, &identities);
     log_policies(&enforcer);
+    // Programs that share the maps of the generation before them, or that
+    // have no generation before them, act at once. Programs with maps of
+    // their own wait until the first pass over the workloads filled them,
+    // while the older generation goes on enforcing.
+    let activate_after_first_pass = !pins.maps_adopted && pins.previous.is_some();
+    if !activate_after_first_pass {
+        pins.activate(&mut kernel.active_generation)?;
+    }
     let kernel = Arc::new(Mutex::new(kernel));
 
     let feed = Arc::new(crate::feed::Feed::new());
@@ -138,7 +162,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         feed: Arc::clone(&feed),
     });
     let reader_sink = Arc::clone(&sink);
+    let first_pass = Arc::new(tokio::sync::Notify::new());
+    let first_pass_done = Arc::clone(&first_pass);
     tokio::spawn(async move {
+        // Records left in a pinned ring buffer by operations made while no
+        // agent ran are named after the first pass over the workloads.
+        let _ = tokio::time::timeout(FIRST_PASS_WAIT, first_pass_done.notified()).await;
         if let Err(error) = reader::run(ring, namer, reader_sink).await {
             error!(error = %error, "the event reader stopped; events are no longer reported");
         }
@@ -148,6 +177,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: reader::now_rfc3339(),
         attach_cgroup: attach.display().to_string(),
+        pin_dir: pins.dir().display().to_string(),
+        generation: pins.generation,
         backends: backends.clone(),
         ..Status::default()
     }));
@@ -170,6 +201,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         }
     });
 
+    let maps_adopted = pins.maps_adopted;
     let listener = api::bind(&options.api_socket)?;
     let status_fn: api::StatusFn = {
         let snapshot = Arc::clone(&status_snapshot);
@@ -205,6 +237,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         read_only_method,
         exec_rules: Default::default(),
         sink,
+        pins,
+        activate_after_first_pass,
+        remove_stale_read_only: maps_adopted,
+        first_pass: Some(first_pass),
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
     state.run().await
@@ -317,6 +353,15 @@ struct LoopState {
     read_only_method: crate::readonly::Method,
     exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,
+    pins: crate::pins::Pins,
+    /// Set while this generation waits for its first pass over the
+    /// workloads before it takes over from the pinned one.
+    activate_after_first_pass: bool,
+    /// Set while read-only entries adopted from an earlier agent may
+    /// belong to containers that are gone.
+    remove_stale_read_only: bool,
+    /// Told once the first pass over the workloads is done.
+    first_pass: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl LoopState {
@@ -349,7 +394,10 @@ impl LoopState {
                 }
             }
         }
-        info!("agent stopping; the kernel programs detach with it");
+        info!(
+            pin_dir = %self.pins.dir().display(),
+            "agent stopping; its kernel programs stay attached and go on enforcing through their pinned links (`parapet uninstall` removes them)"
+        );
         Ok(())
     }
 
@@ -466,9 +514,34 @@ impl LoopState {
         for target in &mut targets {
             target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
         }
+        let read_only_cgroups: std::collections::HashSet<u64> =
+            targets.iter().filter_map(|target| target.cgroup_id).collect();
         self.enforce_read_only(targets, &containers, &scan.containers).await;
+        self.finish_first_pass(&read_only_cgroups);
         self.update_status();
         true
+    }
+
+    /// Completes the take-over from an earlier agent after a full pass over
+    /// the workloads: removes read-only entries of containers that are
+    /// gone, makes this generation the active one where it waited, and
+    /// lets the event reader start.
+    fn finish_first_pass(&mut self, read_only_cgroups: &std::collections::HashSet<u64>) {
+        if self.remove_stale_read_only {
+            self.remove_stale_read_only = false;
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            crate::adopt::remove_stale_read_only(&mut kernel, read_only_cgroups);
+        }
+        if self.activate_after_first_pass {
+            let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            match self.pins.activate(&mut kernel.active_generation) {
+                Ok(()) => self.activate_after_first_pass = false,
+                Err(error) => error!(error = %error, "failed to take over from the pinned kernel programs; they go on enforcing; will retry"),
+            }
+        }
+        if let Some(first_pass) = self.first_pass.take() {
+            first_pass.notify_one();
+        }
     }
 
     /// Writes the identities of the files on the exec lists of containers

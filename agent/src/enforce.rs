@@ -80,6 +80,25 @@ impl Enforcer {
         }
     }
 
+    /// Starts from the state an earlier agent left in pinned maps: its
+    /// slots are not reused before they are released after the first
+    /// successful `apply`, and its cgroup entries count as applied, so that
+    /// `apply` rewrites those still wanted and removes the others.
+    pub fn adopting(adopted: &crate::adopt::Adopted) -> Self {
+        let mut enforcer = Self::new();
+        enforcer.free_slots.retain(|slot| !adopted.slots.contains(slot));
+        enforcer.deferred = adopted.slots.iter().copied().collect();
+        for (cgroup_id, policies) in &adopted.entries {
+            let entry = Entry {
+                policies: *policies,
+                identity: Identity::default(),
+                policy_names: Vec::new(),
+            };
+            enforcer.applied.insert(*cgroup_id, entry);
+        }
+        enforcer
+    }
+
     /// Keeps replaced slots until the next successful `apply`.
     pub fn defer_release(&mut self, slots: Vec<u32>) {
         self.deferred.extend(slots);
@@ -140,6 +159,9 @@ impl Enforcer {
                     slot,
                     source,
                 });
+            }
+            if let Err(error) = kernel.policy_names.insert(slot, crate::adopt::encode_name(&policy.name), 0) {
+                warn!(slot, policy = %policy.name, error = %error, "failed to record a policy name for a later agent");
             }
             installed.push(SlottedPolicy { policy, slot });
         }

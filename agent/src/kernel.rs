@@ -9,10 +9,10 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, TracePoint, links::FdLink},
 };
 use parapet_common::{
-    CgroupPolicies, CounterKey,
+    CgroupPolicies, CounterKey, PolicyName,
     exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
     file::FsPolicy,
     lsm::{LsmNetOffsets, LsmOffsets, ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey, backend},
@@ -21,10 +21,10 @@ use parapet_common::{
     program_names,
 };
 
-use crate::probe::Probe;
+use crate::{pins::Pins, probe::Probe};
 
 /// The kernel programs, built for the BPF target by `build.rs`.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/parapet-ebpf"));
+pub static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/parapet-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -63,13 +63,18 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
+    #[error("the link of kernel program {name} cannot be pinned: {reason}")]
+    Pin { name: String, reason: String },
 }
 
-/// The loaded kernel programs and their maps. The programs stay attached for
-/// as long as this value lives.
+/// The loaded kernel programs and their maps. The programs stay attached
+/// through their pinned links after this value and the agent are gone.
 pub struct Kernel {
-    /// Keeps the programs and their links alive.
     _ebpf: Ebpf,
+    /// The generation whose programs act; see `pins`.
+    pub active_generation: Array<MapData, u32>,
+    /// Policy names by slot, kept for a restarted agent.
+    pub policy_names: HashMap<MapData, u32, PolicyName>,
     pub cgroup_policies: HashMap<MapData, u64, CgroupPolicies>,
     pub net_policies: Array<MapData, NetPolicy>,
     pub decision_counters: PerCpuHashMap<MapData, CounterKey, u64>,
@@ -109,26 +114,35 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
 ];
 
 impl Kernel {
-    /// Loads the programs and attaches the socket programs to the cgroup v2
-    /// directory `cgroup`, so that they see every process below it. With
-    /// `require_lsm`, fails before attaching anything unless the probe
-    /// finds the LSM backend usable.
-    pub fn load_and_attach(cgroup: &Path, require_lsm: bool) -> Result<Self, KernelError> {
+    /// Loads the programs as generation `pins.generation`, with their maps
+    /// pinned under `pins` (sharing those an earlier run pinned), and
+    /// attaches them, pinning every link. The socket programs attach to the
+    /// cgroup v2 directory `cgroup`, so that they see every process below
+    /// it. With `require_lsm`, fails before attaching anything unless the
+    /// probe finds the LSM backend usable. The new programs act only once
+    /// `Pins::activate` makes their generation the active one.
+    pub fn load_and_attach(cgroup: &Path, require_lsm: bool, pins: &Pins) -> Result<Self, KernelError> {
         ensure_tracefs()?;
         let (offsets, exe_identity) = exe_offsets();
         let lsm_offsets = lsm_offsets();
         let lsm_net_offsets = lsm_net_offsets();
-        let mut ebpf = EbpfLoader::new()
+        let lsm_globals = lsm_offsets.clone().unwrap_or_default();
+        let lsm_net_globals = lsm_net_offsets.clone().unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("EXE_OFFSETS", &offsets, true)
-            .override_global("LSM_OFFSETS", &lsm_offsets.clone().unwrap_or_default(), true)
-            .override_global("LSM_NET_OFFSETS", &lsm_net_offsets.clone().unwrap_or_default(), true)
-            .load(PROGRAMS)
-            .map_err(KernelError::Load)?;
+            .override_global("LSM_OFFSETS", &lsm_globals, true)
+            .override_global("LSM_NET_OFFSETS", &lsm_net_globals, true)
+            .override_global("GENERATION", &pins.generation, true);
+        for (name, path) in pins.map_paths() {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAMS).map_err(KernelError::Load)?;
         let mut probe = Probe::run(&mut ebpf);
         // The LSM programs are loaded only where the probe found BPF LSM
         // usable: elsewhere the kernel refuses them anyway.
         if probe.lsm_usable().is_ok() {
-            attach_lsm(&mut ebpf, &mut probe, &lsm_offsets, &lsm_net_offsets)?;
+            attach_lsm(&mut ebpf, &mut probe, &lsm_offsets, &lsm_net_offsets, pins)?;
         }
         if require_lsm {
             probe.lsm_backend_in_use().map_err(KernelError::LsmRequired)?;
@@ -141,10 +155,10 @@ impl Kernel {
         // Where the LSM socket programs are attached they keep the network
         // promise alone, and refuse packet sockets without killing anyone.
         if !matches!(probe.lsm_net, Some(Ok(()))) {
-            attach_socket_programs(&mut ebpf, &cgroup_file, cgroup)?;
+            attach_socket_programs(&mut ebpf, &cgroup_file, cgroup, pins)?;
         }
 
-        attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec")?;
+        attach_tracepoint(&mut ebpf, program_names::EXEC, "sched", "sched_process_exec", pins)?;
         for syscall in FILE_SYSCALLS {
             let exists = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
                 .iter()
@@ -156,7 +170,7 @@ impl Kernel {
             let enter = format!("parapet_fe_{syscall}");
             let exit = format!("parapet_fx_{syscall}");
             for (program, event) in [(enter, format!("sys_enter_{syscall}")), (exit, format!("sys_exit_{syscall}"))] {
-                if let Err(error) = attach_file_tracepoint(&mut ebpf, &program, &event) {
+                if let Err(error) = attach_file_tracepoint(&mut ebpf, &program, &event, pins) {
                     tracing::warn!(
                         program = %program,
                         error = %error,
@@ -166,6 +180,8 @@ impl Kernel {
             }
         }
         Ok(Self {
+            active_generation: take_map(&mut ebpf, map_names::ACTIVE_GENERATION)?,
+            policy_names: take_map(&mut ebpf, map_names::POLICY_NAMES)?,
             cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
             net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
             decision_counters: take_map(&mut ebpf, map_names::DECISION_COUNTERS)?,
@@ -185,7 +201,7 @@ impl Kernel {
 
 /// Attaches the cgroup socket programs to the cgroup v2 directory `cgroup`,
 /// and the `socket(2)` tracepoint that catches packet sockets.
-fn attach_socket_programs(ebpf: &mut Ebpf, cgroup_file: &File, cgroup: &Path) -> Result<(), KernelError> {
+fn attach_socket_programs(ebpf: &mut Ebpf, cgroup_file: &File, cgroup: &Path, pins: &Pins) -> Result<(), KernelError> {
         // aya attaches through a BPF link on kernels from 5.7 on. The
         // kernel rejects any flag on a cgroup link (EINVAL) and always
         // runs link programs next to the others on the cgroup, as
@@ -195,19 +211,34 @@ fn attach_socket_programs(ebpf: &mut Ebpf, cgroup_file: &File, cgroup: &Path) ->
             program
                 .load()
                 .map_err(|source| KernelError::LoadProgram { name, source })?;
-            program
+            let link = program
                 .attach(cgroup_file, CgroupAttachMode::Single)
+                .and_then(|id| program.take_link(id))
                 .map_err(|source| attach_error(name, cgroup, source))?;
+            pin(pins, name, FdLink::try_from(link).map_err(|error| error.to_string()))?;
         }
         let name = program_names::SOCK_CREATE;
         let sock_create: &mut CgroupSock = program_mut(ebpf, name)?;
         sock_create
             .load()
             .map_err(|source| KernelError::LoadProgram { name, source })?;
-        sock_create
+        let link = sock_create
             .attach(cgroup_file, CgroupAttachMode::Single)
+            .and_then(|id| sock_create.take_link(id))
             .map_err(|source| attach_error(name, cgroup, source))?;
-        attach_tracepoint(ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket")
+        pin(pins, name, FdLink::try_from(link).map_err(|error| error.to_string()))?;
+        attach_tracepoint(ebpf, program_names::SOCKET_ENTER, "syscalls", "sys_enter_socket", pins)
+}
+
+/// Pins the link of `name`, so that the program stays attached when the
+/// agent exits.
+fn pin(pins: &Pins, name: &str, link: Result<FdLink, String>) -> Result<(), KernelError> {
+    let pin_error = |reason: String| KernelError::Pin {
+        name: name.to_owned(),
+        reason,
+    };
+    pins.pin_link(name, link.map_err(pin_error)?)
+        .map_err(|error| pin_error(error.to_string()))
 }
 
 /// Loads and attaches the LSM programs, records the outcome per promise in
@@ -218,6 +249,7 @@ fn attach_lsm(
     probe: &mut Probe,
     offsets: &Result<LsmOffsets, String>,
     net_offsets: &Result<LsmNetOffsets, String>,
+    pins: &Pins,
 ) -> Result<(), KernelError> {
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
@@ -235,15 +267,15 @@ fn attach_lsm(
             (Err(reason.clone()), Err(reason))
         }
         Ok(_) => (
-            attach_lsm_file(ebpf, &btf),
-            load_and_attach_lsm(ebpf, &btf, program_names::LSM_EXEC, "bprm_check_security"),
+            attach_lsm_file(ebpf, &btf, pins),
+            load_and_attach_lsm(ebpf, &btf, program_names::LSM_EXEC, "bprm_check_security", pins),
         ),
     };
     let net = match net_offsets {
         Err(error) => Err(format!(
             "the kernel's BTF lacks a struct member the LSM socket programs read: {error}"
         )),
-        Ok(_) => attach_lsm_net(ebpf, &btf),
+        Ok(_) => attach_lsm_net(ebpf, &btf, pins),
     };
     let mut bits = 0;
     if file.is_ok() {
@@ -268,9 +300,9 @@ fn attach_lsm(
     Ok(())
 }
 
-fn attach_lsm_file(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+fn attach_lsm_file(ebpf: &mut Ebpf, btf: &Btf, pins: &Pins) -> Result<(), String> {
     for (name, hook) in program_names::LSM_FILE {
-        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook) {
+        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook, pins) {
             if program_names::LSM_FILE_NEWER.contains(&hook) {
                 tracing::debug!(hook, error = %error, "hook not attached: this kernel predates it");
                 continue;
@@ -284,16 +316,11 @@ fn attach_lsm_file(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
 /// Attaches the three LSM socket programs, or none: where one fails, those
 /// already attached are detached, so that the cgroup socket programs that
 /// then keep the promise do not judge each call twice.
-fn attach_lsm_net(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+fn attach_lsm_net(ebpf: &mut Ebpf, btf: &Btf, pins: &Pins) -> Result<(), String> {
     for (index, (name, hook)) in program_names::LSM_NET.iter().enumerate() {
-        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook) {
+        if let Err(error) = load_and_attach_lsm(ebpf, btf, name, hook, pins) {
             for (attached, _) in &program_names::LSM_NET[..index] {
-                let program: Option<&mut Lsm> = ebpf
-                    .program_mut(attached)
-                    .and_then(|program| program.try_into().ok());
-                if let Some(Err(unload)) = program.map(Lsm::unload) {
-                    return Err(format!("{error}; detaching {attached} failed too: {unload}"));
-                }
+                pins.unpin_link(attached);
             }
             return Err(error);
         }
@@ -301,7 +328,7 @@ fn attach_lsm_net(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     Ok(())
 }
 
-fn load_and_attach_lsm(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<(), String> {
+fn load_and_attach_lsm(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str, pins: &Pins) -> Result<(), String> {
     let program: &mut Lsm = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} is missing from the object file"))?
@@ -310,10 +337,11 @@ fn load_and_attach_lsm(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Re
     program
         .load(hook, btf)
         .map_err(|error| format!("failed to load {name} on hook {hook}: {error}"))?;
-    program
+    let link = program
         .attach()
+        .and_then(|id| program.take_link(id))
         .map_err(|error| format!("failed to attach {name} to hook {hook}: {error}"))?;
-    Ok(())
+    pins.pin_link(name, FdLink::from(link)).map_err(|error| error.to_string())
 }
 
 /// Reads the struct member offsets the LSM programs need from the kernel's
@@ -378,34 +406,38 @@ fn attach_tracepoint(
     name: &'static str,
     category: &str,
     event: &str,
+    pins: &Pins,
 ) -> Result<(), KernelError> {
     let program: &mut TracePoint = program_mut(ebpf, name)?;
     program
         .load()
         .map_err(|source| KernelError::LoadProgram { name, source })?;
-    program
+    let link = program
         .attach(category, event)
+        .and_then(|id| program.take_link(id))
         .map_err(|source| KernelError::Attach {
             name,
             path: PathBuf::from(format!("tracepoint {category}/{event}")),
             source,
         })?;
-    Ok(())
+    pin(pins, name, FdLink::try_from(link).map_err(|error| error.to_string()))
 }
 
 /// Loads and attaches one file tracepoint program. Program names are
 /// built at run time, so errors carry them as text.
-fn attach_file_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> Result<(), String> {
+fn attach_file_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str, pins: &Pins) -> Result<(), String> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} is missing from the object file"))?
         .try_into()
         .map_err(|error| format!("{name} is not a tracepoint program: {error}"))?;
     program.load().map_err(|error| format!("failed to load {name}: {error}"))?;
-    program
+    let link = program
         .attach("syscalls", event)
+        .and_then(|id| program.take_link(id))
         .map_err(|error| format!("failed to attach {name} to syscalls/{event}: {error}"))?;
-    Ok(())
+    let link = FdLink::try_from(link).map_err(|error| format!("the link of {name} cannot be pinned: {error}"))?;
+    pins.pin_link(name, link).map_err(|error| error.to_string())
 }
 
 /// Mounts tracefs on /sys/kernel/tracing unless it is mounted there or

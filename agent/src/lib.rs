@@ -1,6 +1,7 @@
 //! The Parapet agent as a library: the daemon's parts, and the CRI client
 //! that the end-to-end tests share.
 
+pub mod adopt;
 pub mod api;
 pub mod btf;
 pub mod cgroup_watch;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod mountns;
+pub mod pins;
 pub mod policy;
 pub mod probe;
 pub mod process_stats;

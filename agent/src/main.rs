@@ -23,6 +23,16 @@ enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Remove every kernel program, link and map the agent pinned, which
+    /// ends enforcement on this node. Refuses while an agent runs.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// bpffs directory the agent pinned its kernel objects in.
+    #[arg(long, default_value = parapet::pins::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +67,12 @@ struct AgentArgs {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// bpffs directory to pin the kernel links and maps in, so that
+    /// enforcement goes on while the agent is stopped or restarted. The
+    /// agent mounts bpffs on /sys/fs/bpf when the directory is below it
+    /// and nothing is mounted there.
+    #[arg(long, default_value = parapet::pins::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,6 +146,10 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Agent(args) => {
             init_logging(args.log_format);
+            if let Err(error) = parapet::pins::ensure_bpffs(&args.pin_dir) {
+                eprintln!("parapet: {error}");
+                return ExitCode::FAILURE;
+            }
             if let Err(error) = private_mount_namespace() {
                 eprintln!("parapet: {error:#}");
                 return ExitCode::FAILURE;
@@ -143,8 +163,22 @@ fn main() -> ExitCode {
                 node_name: args.node_name,
                 require_lsm: args.require_lsm,
                 retention: std::time::Duration::from_secs(args.removed_workload_retention),
+                pin_dir: args.pin_dir,
             }))
         }
+        Command::Uninstall(args) => match parapet::pins::uninstall(&args.pin_dir) {
+            Ok(removed) => {
+                println!(
+                    "removed {removed} pinned kernel objects from {}; Parapet no longer enforces anything on this node",
+                    args.pin_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("parapet: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Tail(args) => run_async(tail::run(
             &args.api_socket,
             api::Subscription {

@@ -31,6 +31,13 @@ pub struct Status {
     pub lost: Lost,
     /// The cgroup the kernel programs are attached to.
     pub attach_cgroup: String,
+    /// The bpffs directory the kernel links and maps are pinned in.
+    #[serde(default)]
+    pub pin_dir: String,
+    /// Generation of this agent's kernel programs; it counts the agent
+    /// starts on this pin directory.
+    #[serde(default)]
+    pub generation: u32,
     /// The backend in use per promise, and why it was chosen.
     pub backends: Vec<crate::probe::Choice>,
     pub policies: Vec<PolicyStatus>,
@@ -149,6 +156,7 @@ pub fn render_text(status: &Status) -> String {
     );
     let _ = writeln!(out, "reload errors:  {}", status.policy_reload_failures);
     let _ = writeln!(out, "attached to:    {}", status.attach_cgroup);
+    let _ = writeln!(out, "pinned in:      {} (generation {})", status.pin_dir, status.generation);
     for choice in &status.backends {
         let _ = writeln!(
             out,

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use parapet::{event::Event, status::Status};
 
-use crate::containerd::Containerd;
+use crate::{bpffs::PrivateBpffs, containerd::Containerd};
 
 /// How long `wait_for` helpers wait before they fail, unless
 /// `PARAPET_TEST_WAIT_SECONDS` is set (see [`wait_limit`]).
@@ -58,13 +58,17 @@ pub fn parapet_bin() -> Result<PathBuf> {
     }
 }
 
-/// A running agent. Killed, by its pid, when dropped.
+/// A running agent. Killed, by its pid, when dropped; its pinned kernel
+/// objects go with it, since they live in a bpffs of its own.
 pub struct Agent {
     child: Option<Child>,
     pub dir: PathBuf,
     pub policy_dir: PathBuf,
     pub api_socket: PathBuf,
     pub metrics_address: SocketAddr,
+    bpffs: PrivateBpffs,
+    /// Starts of the agent so far; each writes its own output files.
+    runs: u32,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
@@ -83,16 +87,49 @@ impl Agent {
             child: None,
             api_socket: dir.join("api.sock"),
             metrics_address: free_loopback_port()?,
+            bpffs: PrivateBpffs::mount(&dir.join("bpffs"))?,
+            runs: 1,
             stdout_path: dir.join("stdout.jsonl"),
             stderr_path: dir.join("stderr.log"),
             policy_dir,
             dir,
         };
-        agent.spawn(containerd)?;
+        agent.spawn(containerd, &parapet_bin()?)?;
         Ok(agent)
     }
 
-    fn spawn(&mut self, containerd: &Containerd) -> Result<()> {
+    /// The bpffs folder the agent pins its kernel objects in.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.pin_dir()
+    }
+
+    /// Starts the agent again on the same pin directory, policies, sockets
+    /// and port, running `binary`; the agent must have exited. The new
+    /// run writes fresh output files, which `log` and `events` then read.
+    pub fn restart(&mut self, containerd: &Containerd, binary: &Path) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait()?.is_none() {
+                bail!("restart of an agent that still runs");
+            }
+            self.child = None;
+        }
+        self.runs += 1;
+        self.stdout_path = self.dir.join(format!("stdout-{}.jsonl", self.runs));
+        self.stderr_path = self.dir.join(format!("stderr-{}.log", self.runs));
+        self.spawn(containerd, binary)
+    }
+
+    /// Ends the agent with SIGKILL, as a crash would, and leaves its pinned
+    /// kernel objects in place.
+    pub fn kill_keeping_pins(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, containerd: &Containerd, binary: &Path) -> Result<()> {
         let stdout = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -101,8 +138,10 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.stderr_path)?;
-        let child = Command::new(parapet_bin()?)
+        let child = Command::new(binary)
             .arg("agent")
+            .arg("--pin-dir")
+            .arg(self.bpffs.pin_dir())
             .arg("--policy-dir")
             .arg(&self.policy_dir)
             .arg("--cri-socket")
@@ -225,8 +264,16 @@ impl Agent {
         parapet::tail::status(&self.api_socket).await
     }
 
-    /// Stops the agent with SIGTERM and waits for it.
+    /// Stops the agent with SIGTERM, waits for it, and removes its pinned
+    /// kernel objects, which detaches its programs.
     pub fn stop(&mut self) -> Result<()> {
+        self.stop_keeping_pins()?;
+        self.bpffs.unmount()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it; its programs stay
+    /// attached through their pins.
+    pub fn stop_keeping_pins(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on the pid of a child this fixture started and
             // has not reaped yet.
@@ -251,6 +298,9 @@ impl Drop for Agent {
         }
         if std::thread::panicking() {
             eprintln!("parapet-tests: agent log:\n{}", self.log());
+        }
+        if let Err(error) = self.bpffs.unmount() {
+            eprintln!("parapet-tests: {error:#}");
         }
     }
 }
@@ -372,6 +422,23 @@ pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 
 /// Returns how many BPF programs are attached directly to the cgroup `dir`
 /// on the connect and UDP sendmsg hooks, IPv4 and IPv6.
+/// Waits until no socket program is attached to the cgroup `dir`. The
+/// kernel detaches a link whose last pin and descriptor went away from a
+/// work queue, a moment later.
+pub fn wait_socket_programs_detached(dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let attached = socket_programs_attached(dir)?;
+        if attached == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("{attached} socket programs are still attached to {} after 10 s", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn socket_programs_attached(dir: &Path) -> Result<u32> {
     /// `BPF_PROG_QUERY` and the attach types, from `include/uapi/linux/bpf.h`.
     const BPF_PROG_QUERY: libc::c_long = 16;

@@ -24,6 +24,7 @@
 //! the output for `SKIPPED:`.
 
 pub mod agent;
+pub mod bpffs;
 pub mod cgroup;
 pub mod containerd;
 pub mod image;

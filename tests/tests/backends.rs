@@ -63,8 +63,11 @@ async fn require_lsm_refuses_without_the_lsm_backend() -> Result<()> {
     }
     let policies = containerd.dir().join("empty-policies");
     std::fs::create_dir(&policies)?;
+    let bpffs = parapet_tests::bpffs::PrivateBpffs::mount(&containerd.dir().join("bpffs"))?;
     let output = std::process::Command::new(parapet_bin()?)
         .arg("agent")
+        .arg("--pin-dir")
+        .arg(bpffs.pin_dir())
         .arg("--require-lsm")
         .arg("--policy-dir")
         .arg(&policies)

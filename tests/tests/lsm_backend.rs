@@ -794,8 +794,11 @@ async fn require_lsm_starts_with_lsm_backend() -> Result<()> {
     std::fs::create_dir_all(dir.join("policies"))?;
     let api_socket = dir.join("api.sock");
     let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+    let mut bpffs = parapet_tests::bpffs::PrivateBpffs::mount(&dir.join("bpffs"))?;
     let mut child = std::process::Command::new(parapet_tests::agent::parapet_bin()?)
         .arg("agent")
+        .arg("--pin-dir")
+        .arg(bpffs.pin_dir())
         .arg("--require-lsm")
         .arg("--policy-dir")
         .arg(dir.join("policies"))
@@ -820,6 +823,7 @@ async fn require_lsm_starts_with_lsm_backend() -> Result<()> {
     let serving = api_socket.exists();
     child.kill()?;
     child.wait()?;
+    bpffs.unmount()?;
     assert!(serving, "the agent did not serve its API socket under --require-lsm");
     containerd.cleanup().await?;
     Ok(())

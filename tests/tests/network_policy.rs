@@ -12,7 +12,7 @@ use anyhow::Result;
 use parapet::event::{Event, VerdictName};
 use parapet_tests::{
     Containerd, Pod,
-    agent::{Agent, REMOVED_RETENTION, Tail, metric_value, socket_programs_attached},
+    agent::{Agent, REMOVED_RETENTION, Tail, metric_value, socket_programs_attached, wait_socket_programs_detached},
 };
 
 const SERVER_COMMAND: [&str; 3] = [
@@ -185,8 +185,9 @@ async fn enforce_mode_blocks_unlisted_peers() -> Result<()> {
     let run_cgroup = scene.containerd.cgroup().v2_path();
     assert_eq!(socket_programs_attached(&run_cgroup)?, 4, "connect4, connect6, sendmsg4, sendmsg6");
     agent.stop()?;
-    // The links, and so the attachments, go with the agent.
-    assert_eq!(socket_programs_attached(&run_cgroup)?, 0);
+    // Stopping a test agent also removes its pins: the links, and so the
+    // attachments, go with them.
+    wait_socket_programs_detached(&run_cgroup)?;
     scene.containerd.cleanup().await?;
     Ok(())
 }
@@ -365,8 +366,12 @@ async fn agent_refuses_the_cgroup_root() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let root = parapet::cgroups::find_v2_mount()?;
     let dir = tempdir()?;
+    let bpffs = parapet_tests::bpffs::PrivateBpffs::mount(&dir.join("bpffs"))?;
     let output = std::process::Command::new(parapet_tests::agent::parapet_bin()?)
-        .args(["agent", "--policy-dir"])
+        .arg("agent")
+        .arg("--pin-dir")
+        .arg(bpffs.pin_dir())
+        .arg("--policy-dir")
         .arg(&dir)
         .arg("--cgroup-root")
         .arg(&root)
@@ -376,6 +381,7 @@ async fn agent_refuses_the_cgroup_root() -> Result<()> {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is the root of the cgroup v2 hierarchy"), "{stderr}");
+    drop(bpffs);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -1,0 +1,256 @@
+//! Enforcement across agent restarts: a policed pod keeps trying a refused
+//! connect and a write to its read-only root while the agent is killed
+//! with SIGKILL, started again, and replaced by a second binary. The
+//! kernel programs stay attached through their pins, so not one attempt
+//! may succeed, and the counters the restarted agent exports include the
+//! attempts made while no agent ran.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use parapet::event::{Kind, VerdictName};
+use parapet_tests::{
+    Containerd, Pod,
+    agent::{Agent, metric_value, parapet_bin, socket_programs_attached, wait_socket_programs_detached},
+};
+
+const SERVER_COMMAND: [&str; 3] = ["sh", "-c", "netprobe listen tcp 8080 & netprobe listen tcp 8081 & wait"];
+
+fn policy(server: std::net::IpAddr) -> String {
+    format!(
+        "apiVersion: parapet.dev/v1alpha1
+kind: RuntimePolicy
+metadata:
+  name: records-locked
+spec:
+  selector:
+    namespace: clinic
+    matchLabels: {{app: records}}
+  mode: enforce
+  network:
+    egress:
+      - to: [{{address: {server}}}]
+        ports: [{{port: 8080, protocol: TCP}}]
+  filesystem:
+    readOnly: true
+    writablePaths: [/tmp]
+"
+    )
+}
+
+/// The attacker's loop: a refused connect, then a write to the root, each
+/// result on its own line of the container's log.
+fn attacker_command(server: &str) -> Vec<String> {
+    let script = format!(
+        "while true; do \
+           echo \"connect $(netprobe connect tcp {server} 8081)\"; \
+           if echo x > /attempt 2>/dev/null; then echo 'write ok'; else echo 'write refused'; fi; \
+           sleep 0.02; \
+         done"
+    );
+    vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// Counts of the attacker's outcomes, from its container log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcomes {
+    connects_refused: u64,
+    connects_through: u64,
+    writes_refused: u64,
+    writes_through: u64,
+}
+
+fn outcomes(log: &Path, skip_lines: usize) -> Result<(Outcomes, usize)> {
+    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut counts = Outcomes::default();
+    for line in lines.iter().skip(skip_lines) {
+        if line.contains("connect error errno=1 ") {
+            counts.connects_refused += 1;
+        } else if line.contains("connect ok") {
+            counts.connects_through += 1;
+        } else if line.ends_with("write refused") {
+            counts.writes_refused += 1;
+        } else if line.ends_with("write ok") {
+            counts.writes_through += 1;
+        }
+    }
+    Ok((counts, lines.len()))
+}
+
+/// The CRI log file of the pod's only container.
+fn container_log(containerd: &Containerd, pod: &Pod) -> Result<PathBuf> {
+    let dir = containerd
+        .dir()
+        .join("logs")
+        .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid));
+    for entry in fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            return Ok(path);
+        }
+        for inner in fs::read_dir(&path).into_iter().flatten().flatten() {
+            if inner.path().is_file() {
+                return Ok(inner.path());
+            }
+        }
+    }
+    bail!("no container log under {}", dir.display())
+}
+
+fn violations(agent: &Agent, kind: &str) -> Result<f64> {
+    let page = agent.metrics()?;
+    Ok(metric_value(
+        &page,
+        "parapet_violations_total",
+        &[("pod", "attacker"), ("kind", kind), ("verdict", "deny"), ("policy", "records-locked")],
+    )
+    .unwrap_or(0.0))
+}
+
+/// Waits until the attacker's log shows both refusals after `skip_lines`,
+/// and returns the line count then.
+async fn wait_for_refusals(log: &Path, skip_lines: usize) -> Result<usize> {
+    let started = std::time::Instant::now();
+    loop {
+        let (counts, lines) = outcomes(log, skip_lines)?;
+        if counts.connects_refused > 0 && counts.writes_refused > 0 {
+            return Ok(lines);
+        }
+        if started.elapsed() > parapet_tests::agent::wait_limit() {
+            bail!("the attacker's attempts were not refused: {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks that the counters the agent exports now cover every refusal the
+/// attacker logged before the scrape.
+fn assert_counters_cover(agent: &Agent, log: &Path, from_line: usize, moment: &str) -> Result<()> {
+    let (before_scrape, _) = outcomes(log, from_line)?;
+    let network = violations(agent, "network")?;
+    let file = violations(agent, "file")?;
+    println!(
+        "{moment}: counters network={network} file={file}; refusals logged since enforcement: {before_scrape:?}"
+    );
+    assert!(
+        network >= before_scrape.connects_refused as f64,
+        "{moment}: the network counter {network} misses refusals ({before_scrape:?})"
+    );
+    assert!(
+        file >= before_scrape.writes_refused as f64,
+        "{moment}: the file counter {file} misses refusals ({before_scrape:?})"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let mut agent = Agent::start(&containerd, &[("records.yaml", &policy(server.ip))])?;
+    agent.wait_ready()?;
+    let command = attacker_command(&server.ip.to_string());
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let attacker = Pod::run_command(&containerd, "attacker", "clinic", &[("app", "records")], &command).await?;
+    agent.wait_enforced(&attacker.container_id)?;
+    let log = container_log(&containerd, &attacker)?;
+    // Attempts from before the container was made read-only may succeed;
+    // everything after the first refusal of each kind must not.
+    let enforced_from = wait_for_refusals(&log, 0).await?;
+    let generation = agent.status().await?.generation;
+
+    // A crash: SIGKILL leaves no chance to clean up, and the pins hold.
+    agent.kill_keeping_pins()?;
+    let (_, kill_line) = outcomes(&log, enforced_from)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (while_down, _) = outcomes(&log, kill_line)?;
+    println!("attempts while no agent ran: {while_down:?}");
+    assert!(while_down.connects_refused > 0 && while_down.writes_refused > 0, "{while_down:?}");
+    assert_eq!(while_down.connects_through + while_down.writes_through, 0, "{while_down:?}");
+    assert!(
+        socket_programs_attached(&containerd.cgroup().v2_path())? > 0,
+        "the socket programs must stay attached without an agent"
+    );
+
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["adopted the kernel state of the previous agent"])?;
+    let status = agent.status().await?;
+    assert_eq!(status.generation, generation + 1, "{status:?}");
+    assert_counters_cover(&agent, &log, enforced_from, "after the restart")?;
+    // The refusals made while no agent ran reach the restarted agent's
+    // event stream from the pinned ring buffer.
+    let replayed = agent.wait_for_event(|event| {
+        event.kind == Kind::Network && event.verdict == VerdictName::Deny && event.pod.as_deref() == Some("attacker")
+    })?;
+    println!("first event of the restarted agent: {replayed:?}");
+    let reported = agent
+        .events()?
+        .iter()
+        .filter(|event| event.kind == Kind::Network && event.pod.as_deref() == Some("attacker"))
+        .count() as u64;
+    assert!(
+        reported >= while_down.connects_refused,
+        "the restarted agent reported {reported} refused connects, fewer than the {} made while no agent ran",
+        while_down.connects_refused
+    );
+
+    // An upgrade: the running agent stops with SIGTERM and another binary
+    // starts on the same pins.
+    agent.stop_keeping_pins()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let upgraded = agent.dir.join("parapet-upgraded");
+    fs::copy(parapet_bin()?, &upgraded)?;
+    agent.restart(&containerd, &upgraded)?;
+    agent.wait_ready()?;
+    let status = agent.status().await?;
+    assert_eq!(status.generation, generation + 2, "{status:?}");
+    assert_counters_cover(&agent, &log, enforced_from, "after the upgrade")?;
+
+    // `parapet uninstall` refuses while an agent holds the pins.
+    let refused = std::process::Command::new(parapet_bin()?)
+        .arg("uninstall")
+        .arg("--pin-dir")
+        .arg(agent.pin_dir())
+        .output()?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("another agent uses this pin directory"), "{stderr}");
+
+    let (total, _) = outcomes(&log, enforced_from)?;
+    println!("attempts since enforcement began: {total:?}");
+    assert_eq!(total.connects_through, 0, "a refused connect got through: {total:?}");
+    assert_eq!(total.writes_through, 0, "a write to the read-only root got through: {total:?}");
+
+    // Once the agent is stopped, uninstall removes every pin, and the
+    // socket programs leave the cgroup.
+    agent.stop_keeping_pins()?;
+    let uninstall = std::process::Command::new(parapet_bin()?)
+        .arg("uninstall")
+        .arg("--pin-dir")
+        .arg(agent.pin_dir())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&uninstall.stdout);
+    assert!(uninstall.status.success(), "{stdout} {}", String::from_utf8_lossy(&uninstall.stderr));
+    assert!(stdout.contains("removed"), "{stdout}");
+    assert!(!agent.pin_dir().exists());
+    wait_socket_programs_detached(&containerd.cgroup().v2_path())?;
+    let (after_uninstall, _) = outcomes(&log, 0)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (later, _) = outcomes(&log, 0)?;
+    assert!(
+        later.connects_through > after_uninstall.connects_through,
+        "after uninstall the connects are no longer refused: {later:?}"
+    );
+
+    attacker.remove().await?;
+    server.remove().await?;
+    containerd.cleanup().await?;
+    Ok(())
+}
