@@ -2,11 +2,14 @@
 //! that the end-to-end tests share.
 
 pub mod api;
+pub mod api_admission;
 pub mod btf;
 pub mod cgroup_watch;
 pub mod cgroups;
 pub mod cri;
+pub mod cri_health;
 pub mod daemon;
+pub mod dir_events;
 pub mod enforce;
 pub mod event;
 pub mod exec_rules;

@@ -73,12 +73,21 @@ impl Agent {
     /// Writes `policies` (file name, YAML) into a fresh policy directory and
     /// starts the agent on `containerd`'s socket and cgroup.
     pub fn start(containerd: &Containerd, policies: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(containerd, |policy_dir| {
+            for (name, yaml) in policies {
+                fs::write(policy_dir.join(name), yaml)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates a fresh policy directory, lets `fill` write into it, and
+    /// starts the agent on `containerd`'s socket and cgroup.
+    pub fn start_with(containerd: &Containerd, fill: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
         let dir = containerd.dir().join(format!("agent-{}", unique_suffix()));
         let policy_dir = dir.join("policies");
         fs::create_dir_all(&policy_dir)?;
-        for (name, yaml) in policies {
-            fs::write(policy_dir.join(name), yaml)?;
-        }
+        fill(&policy_dir)?;
         let mut agent = Self {
             child: None,
             api_socket: dir.join("api.sock"),

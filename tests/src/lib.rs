@@ -24,7 +24,9 @@
 //! the output for `SKIPPED:`.
 
 pub mod agent;
+pub mod attempts;
 pub mod cgroup;
+pub mod configmap;
 pub mod containerd;
 pub mod image;
 pub mod mountinfo;
