@@ -65,6 +65,9 @@ pub struct Agent {
     pub policy_dir: PathBuf,
     pub api_socket: PathBuf,
     pub metrics_address: SocketAddr,
+    /// The CRI socket the agent asks: containerd's, unless the test
+    /// changed it with [`Agent::start_with_cri`].
+    cri_socket: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
@@ -84,6 +87,16 @@ impl Agent {
     /// Creates a fresh policy directory, lets `fill` write into it, and
     /// starts the agent on `containerd`'s socket and cgroup.
     pub fn start_with(containerd: &Containerd, fill: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+        Self::start_with_cri(containerd, containerd.socket(), fill)
+    }
+
+    /// Like [`Agent::start_with`], with the agent asking `cri_socket`, such
+    /// as a proxy the test controls, for pods and containers.
+    pub fn start_with_cri(
+        containerd: &Containerd,
+        cri_socket: &Path,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let dir = containerd.dir().join(format!("agent-{}", unique_suffix()));
         let policy_dir = dir.join("policies");
         fs::create_dir_all(&policy_dir)?;
@@ -92,6 +105,7 @@ impl Agent {
             child: None,
             api_socket: dir.join("api.sock"),
             metrics_address: free_loopback_port()?,
+            cri_socket: cri_socket.to_owned(),
             stdout_path: dir.join("stdout.jsonl"),
             stderr_path: dir.join("stderr.log"),
             policy_dir,
@@ -115,7 +129,7 @@ impl Agent {
             .arg("--policy-dir")
             .arg(&self.policy_dir)
             .arg("--cri-socket")
-            .arg(containerd.socket())
+            .arg(&self.cri_socket)
             .arg("--cgroup-root")
             .arg(containerd.cgroup().v2_path())
             .arg("--metrics-address")

@@ -333,3 +333,74 @@ async fn configmap_swaps_under_load() -> Result<()> {
     containerd.cleanup().await?;
     Ok(())
 }
+
+async fn connect_outcome(pod: &Pod, address: IpAddr, port: u16) -> Result<String> {
+    let (address, port) = (address.to_string(), port.to_string());
+    let output = pod.exec(&["netprobe", "connect", "tcp", &address, &port]).await?;
+    Ok(output.stdout_trimmed().to_owned())
+}
+
+/// Returns the trigger of the last reload line, such as `"inotify"`.
+fn last_trigger(agent: &Agent) -> String {
+    let log = agent.log();
+    let line = log.lines().filter(|line| line.contains(RELOADED)).next_back().unwrap_or_default();
+    line.split("trigger=").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or_default().to_owned()
+}
+
+async fn client_slot(agent: &Agent) -> Result<u32> {
+    let status = agent.status().await?;
+    let policy = status.policies.iter().find(|policy| policy.name == "client-egress");
+    policy.map(|policy| policy.slot).context("client-egress is not loaded")
+}
+
+#[tokio::test]
+async fn edits_renames_and_sighup_reload() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
+    let mut agent = Agent::start(&containerd, &[("client.yaml", &client_policy(server.ip, 0, false))])?;
+    agent.wait_ready()?;
+    agent.wait_enforced(&client.container_id)?;
+    let policy_file = agent.policy_dir.join("client.yaml");
+    assert!(connect_outcome(&client, server.ip, PORT_Q).await?.starts_with("error errno=1 "));
+
+    // An edit in place: truncate and write the same file.
+    std::fs::write(&policy_file, client_policy(server.ip, 1, true))?;
+    wait_log_count(&agent, RELOADED, 1, RELOAD_BOUND)?;
+    assert_eq!(last_trigger(&agent), "\"inotify\"");
+    assert_eq!(connect_outcome(&client, server.ip, PORT_Q).await?, "ok");
+
+    // An editor that writes a temporary file and renames it over the old.
+    let temporary = agent.policy_dir.join(".client.yaml.swp");
+    std::fs::write(&temporary, client_policy(server.ip, 2, false))?;
+    std::fs::rename(&temporary, &policy_file)?;
+    wait_log_count(&agent, RELOADED, 2, RELOAD_BOUND)?;
+    assert_eq!(last_trigger(&agent), "\"inotify\"");
+    assert!(connect_outcome(&client, server.ip, PORT_Q).await?.starts_with("error errno=1 "));
+
+    // SIGHUP reloads an unchanged directory into fresh kernel slots.
+    let slot = client_slot(&agent).await?;
+    let pid = agent.pid().context("the agent has no pid")?;
+    // SAFETY: kill(2) on the pid of the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    wait_log_count(&agent, RELOADED, 3, RELOAD_BOUND)?;
+    assert_eq!(last_trigger(&agent), "\"SIGHUP\"");
+    assert_ne!(client_slot(&agent).await?, slot, "SIGHUP did not install the set again");
+    assert!(connect_outcome(&client, server.ip, PORT_Q).await?.starts_with("error errno=1 "));
+    assert!(connect_outcome(&client, server.ip, PORT_P).await?.starts_with("error errno=1 "));
+
+    // SIGHUP also loads a change at once, and rejects an invalid one.
+    std::fs::write(&policy_file, client_policy(server.ip, 3, false).replace("egress:", "egres:"))?;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    agent.wait_for_log(&["policy change rejected"])?;
+    let status = agent.status().await?;
+    assert!(status.policy_reload_failures >= 1, "{status:#?}");
+    assert!(names_position(&status.policy_error.unwrap_or_default(), "client.yaml"));
+    assert!(connect_outcome(&client, server.ip, PORT_Q).await?.starts_with("error errno=1 "));
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The agent while its container runtime fails: the agent asks a CRI
+//! socket in the test's own directory, served by a proxy that forwards to
+//! the test's containerd, or answers garbage, or never answers, or is gone.
+//! Pods already policed must stay policed throughout, the failure must
+//! show in the log, `parapet status` and `/metrics`, and the agent must
+//! recover when the runtime comes back.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use parapet_tests::{
+    Containerd, Pod,
+    agent::{Agent, metric_value},
+};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{UnixListener, UnixStream},
+    task::JoinHandle,
+};
+
+const SERVER_COMMAND: [&str; 3] = ["sh", "-c", "netprobe listen tcp 8080 & netprobe listen tcp 8081 & wait"];
+
+/// What the proxy does with each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// Writes bytes that are no HTTP/2, then keeps the connection open.
+    Garbage,
+    /// Accepts and never sends a byte.
+    Silent,
+}
+
+/// A CRI socket whose behaviour the test switches. Switching closes every
+/// open connection, so that the agent connects again and meets the new
+/// behaviour.
+struct Proxy {
+    path: PathBuf,
+    upstream: PathBuf,
+    mode: Arc<Mutex<Mode>>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(path: &Path, upstream: &Path) -> Result<Self> {
+        let mut proxy = Self {
+            path: path.to_owned(),
+            upstream: upstream.to_owned(),
+            mode: Arc::new(Mutex::new(Mode::Forward)),
+            connections: Arc::default(),
+            acceptor: None,
+        };
+        proxy.listen()?;
+        Ok(proxy)
+    }
+
+    fn listen(&mut self) -> Result<()> {
+        let listener = UnixListener::bind(&self.path).with_context(|| format!("failed to bind {}", self.path.display()))?;
+        let (mode, connections, upstream) = (Arc::clone(&self.mode), Arc::clone(&self.connections), self.upstream.clone());
+        self.acceptor = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mode = *mode.lock().unwrap();
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move { serve(stream, mode, &upstream).await });
+                connections.lock().unwrap().push(task);
+            }
+        }));
+        Ok(())
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Takes the socket away: the runtime is down.
+    fn stop(&mut self) -> Result<()> {
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.abort();
+        }
+        self.set(Mode::Forward);
+        std::fs::remove_file(&self.path)?;
+        Ok(())
+    }
+
+    /// Brings the socket back, forwarding: the runtime restarted.
+    fn restart(&mut self) -> Result<()> {
+        self.set(Mode::Forward);
+        self.listen()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.abort();
+        }
+        self.set(Mode::Forward);
+    }
+}
+
+async fn serve(mut stream: UnixStream, mode: Mode, upstream: &Path) {
+    match mode {
+        Mode::Forward => {
+            if let Ok(mut runtime) = UnixStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut runtime).await;
+            }
+        }
+        Mode::Garbage => {
+            let noise: Vec<u8> = (0..4096u32).map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let _ = stream.write_all(&noise).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Mode::Silent => tokio::time::sleep(Duration::from_secs(3600)).await,
+    }
+}
+
+fn is_eperm(output: &str) -> bool {
+    output.starts_with("error errno=1 ")
+}
+
+async fn denied_connect(pod: &Pod, server: &Pod) -> Result<bool> {
+    let address = server.ip.to_string();
+    let output = pod.exec(&["netprobe", "connect", "tcp", &address, "8081"]).await?;
+    Ok(is_eperm(output.stdout_trimmed()))
+}
+
+/// Waits until `parapet status` reports the runtime down with an error
+/// that contains one of `needles`, and returns that error.
+async fn wait_down(agent: &Agent, needles: &[&str]) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        let status = agent.status().await?;
+        if let Some(error) = &status.cri.error
+            && !status.cri.up
+            && needles.iter().any(|needle| error.contains(needle))
+        {
+            return Ok(error.clone());
+        }
+        ensure!(started.elapsed() < Duration::from_secs(20), "runtime failure {needles:?} not reported: {:?}", status.cri);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that the client is still policed while the runtime fails.
+async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str) -> Result<()> {
+    let status = agent.status().await?;
+    ensure!(
+        status.kernel_policed_cgroups.contains(&client.cgroup_id),
+        "{phase}: the client's kernel entry is gone: {:?}",
+        status.kernel_policed_cgroups
+    );
+    ensure!(
+        status.workloads.iter().any(|w| w.container_id.as_deref() == Some(&client.container_id)),
+        "{phase}: the client is no longer listed as enforced"
+    );
+    ensure!(denied_connect(client, server).await?, "{phase}: the client reached a forbidden peer");
+    let metrics = agent.metrics()?;
+    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(0.0), "{phase}: {metrics}");
+    Ok(())
+}
+
+// The proxy runs on the test's runtime while the test waits in blocking
+// helpers, so it needs threads of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_failures_keep_enforcement() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
+    let proxy_path = containerd.dir().join("cri-proxy.sock");
+    let mut proxy = Proxy::start(&proxy_path, containerd.socket())?;
+    let policy = format!(
+        "apiVersion: parapet.dev/v1alpha1
+kind: RuntimePolicy
+metadata:
+  name: client-egress
+spec:
+  selector:
+    namespace: clinic
+    matchLabels: {{app: client}}
+  mode: enforce
+  network:
+    egress:
+      - to: [{{address: {}}}]
+        ports: [{{port: 8080}}]
+",
+        server.ip
+    );
+    let mut agent = Agent::start_with_cri(&containerd, &proxy_path, |dir| {
+        std::fs::write(dir.join("client.yaml"), &policy)?;
+        Ok(())
+    })?;
+    agent.wait_ready()?;
+    agent.wait_enforced(&client.container_id)?;
+    ensure!(denied_connect(&client, &server).await?, "the policy is not enforced");
+    let metrics = agent.metrics()?;
+    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0), "{metrics}");
+
+    proxy.set(Mode::Garbage);
+    let error = wait_down(&agent, &["CRI"]).await?;
+    println!("garbage: {error}");
+    still_policed(&agent, &client, &server, "garbage").await?;
+
+    proxy.set(Mode::Silent);
+    let error = wait_down(&agent, &["timed out"]).await?;
+    println!("silent: {error}");
+    still_policed(&agent, &client, &server, "silent").await?;
+    // The API does not wait on the silent runtime.
+    let started = Instant::now();
+    agent.status().await?;
+    ensure!(started.elapsed() < Duration::from_secs(1), "status took {:?}", started.elapsed());
+
+    proxy.stop()?;
+    let error = wait_down(&agent, &["No such file or directory"]).await?;
+    println!("down: {error}");
+    still_policed(&agent, &client, &server, "down").await?;
+    let text = std::process::Command::new(parapet_tests::agent::parapet_bin()?)
+        .args(["status", "--api-socket"])
+        .arg(&agent.api_socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    ensure!(text.contains("runtime:        DOWN since"), "{text}");
+    agent.wait_for_log(&["failed to list workloads from the container runtime", "No such file or directory"])?;
+
+    proxy.restart()?;
+    agent.wait_for_log(&["the container runtime responds again"])?;
+    let status = agent.status().await?;
+    ensure!(status.cri.up && status.cri.error.is_none(), "{:?}", status.cri);
+    ensure!(status.cri.failures >= 3, "{:?}", status.cri);
+    let metrics = agent.metrics()?;
+    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0), "{metrics}");
+    let errors = metric_value(&metrics, "parapet_cri_errors_total", &[]).unwrap_or_default();
+    ensure!(errors >= 3.0, "{metrics}");
+    // A pod that starts after the recovery is found and policed.
+    let late = Pod::run(&containerd, "late-client", "clinic", &[("app", "client")]).await?;
+    agent.wait_enforced(&late.container_id)?;
+    ensure!(denied_connect(&late, &server).await?, "the late pod is not policed");
+    ensure!(denied_connect(&client, &server).await?, "the client lost its policy");
+
+    drop(proxy);
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
