@@ -3,8 +3,8 @@
 //! make the agent hold unbounded memory or tasks.
 //!
 //! The socket's mode (0600 in a 0700 directory) already keeps other users
-//! out; the peer's credentials are checked as well, in case the socket's
-//! directory is shared with a looser mode, such as through a volume.
+//! out. The peer's credentials are checked as well, because the socket may
+//! end up in a directory with a looser mode, such as a shared volume.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use tokio::{
 };
 use tracing::warn;
 
-/// Most clients served at once. Each `parapet tail` holds one for as long
-/// as it follows.
+/// Maximum number of clients served at once. Each `parapet tail` uses one
+/// for as long as it follows.
 pub const MAX_CLIENTS: usize = 64;
 /// Shortest gap between two log lines about refused clients.
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,8 +38,8 @@ impl Default for Admission {
 }
 
 impl Admission {
-    /// Returns a slot that the client holds while it is served, or the
-    /// message that tells it why it is refused.
+    /// Returns a slot that the client keeps while it is served, or the
+    /// message that explains why it is rejected.
     pub fn admit(&mut self, stream: &UnixStream) -> Result<OwnedSemaphorePermit, String> {
         let credentials = stream
             .peer_cred()

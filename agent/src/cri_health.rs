@@ -1,11 +1,16 @@
 //! Whether the container runtime responds, for the log, `parapet status`
 //! and `/metrics`.
 //!
-//! While the runtime fails (down, slow past the CRI deadline, or answering
-//! garbage), the agent changes no kernel entry: pods already policed stay
-//! policed, with the policies they had. It retries with a growing pause,
+//! While the runtime fails (down, slower than the CRI deadline, or sending
+//! garbage), the agent changes no kernel entry, so pods already policed
+//! keep the policies they had. It retries with a growing pause,
 //! so that a hung runtime does not keep the agent's loop waiting on CRI
 //! deadlines, and logs each distinct failure once.
+//!
+//! NOTE: each attempt still holds the agent's loop for up to the CRI
+//! deadline (2 s), which delays policy reloads while the runtime hangs.
+//! NOTE: a runtime that returns well-formed but incomplete lists is
+//! believed, so the entries of containers it leaves out are released.
 
 use std::{
     path::PathBuf,

@@ -1,11 +1,11 @@
 //! inotify on the policy directory, so that a change is loaded within
 //! milliseconds instead of at the next poll.
 //!
-//! The directory itself is watched, not the files: an editor that writes a
-//! temporary file and renames it over the old one, an edit in place, and a
-//! Kubernetes ConfigMap update (a new `..<timestamp>` directory, then a
-//! rename of `..data_tmp` over the `..data` symlink that the visible files
-//! point through) all change entries of the directory. Events come in
+//! The directory itself is watched, not the files. An edit in place, an
+//! editor that renames a temporary file over the old one, and a Kubernetes
+//! ConfigMap update all change entries of the directory. A ConfigMap update
+//! writes a new `..<timestamp>` directory, then renames `..data_tmp` over
+//! the `..data` symlink that the visible files point through. Events come in
 //! bursts, so [`DirEvents::settled`] waits until the directory has been
 //! quiet for [`SETTLE`].
 
@@ -22,8 +22,8 @@ use tracing::{info, warn};
 /// Quiet time after the last event before the directory is read. A
 /// ConfigMap update makes its events within a millisecond or so.
 pub const SETTLE: Duration = Duration::from_millis(20);
-/// Longest wait after the first event of a burst that does not stop, so
-/// that a directory written to without pause is still looked at.
+/// Maximum wait after the first event of a burst that does not stop, so
+/// that a directory written to without pause is still read.
 const MAX_SETTLE: Duration = Duration::from_millis(500);
 /// How often the watch is set up again after the directory went away.
 const REWATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,8 +57,8 @@ pub struct DirEvents {
 
 impl DirEvents {
     /// Starts a thread that watches `dir`. Returns `None`, after a warning,
-    /// when inotify is unavailable; the periodic poll then still sees
-    /// changes.
+    /// when inotify is unavailable, in which case the periodic poll still
+    /// finds changes.
     pub fn spawn(dir: &Path) -> Option<Arc<Self>> {
         let inotify = match Inotify::init() {
             Ok(inotify) => inotify,

@@ -25,7 +25,7 @@ use crate::{
 /// Gap between the two readings of the directory.
 pub const RECHECK: Duration = Duration::from_millis(10);
 
-/// What made the agent look at the directory.
+/// The cause of a look at the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
     /// inotify events that have settled.
@@ -73,7 +73,7 @@ impl PolicyWatcher {
     }
 
     /// The inotify events of the directory, or `None` when only the poll
-    /// sees changes.
+    /// finds changes.
     pub fn events(&self) -> Option<Arc<DirEvents>> {
         self.events.clone()
     }

@@ -117,7 +117,7 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
     ensure!(ok, "parapet status failed beside hostile clients: {text}");
     ensure!(took < STATUS_BOUND, "parapet status took {took:?}");
 
-    // Past the cap: the extra clients are told so at once.
+    // Past the cap: the extra clients receive an error line at once.
     let mut extra = Vec::new();
     for _ in 0..MAX_CLIENTS + 40 {
         extra.push(UnixStream::connect(&socket)?);

@@ -1,6 +1,6 @@
-//! The agent while its container runtime fails: the agent asks a CRI
-//! socket in the test's own directory, served by a proxy that forwards to
-//! the test's containerd, or answers garbage, or never answers, or is gone.
+//! The agent while its container runtime fails. The agent's CRI socket is
+//! in the test's own directory, served by a proxy that forwards to the
+//! test's containerd, sends garbage, never responds, or is gone.
 //! Pods already policed must stay policed throughout, the failure must
 //! show in the log, `parapet status` and `/metrics`, and the agent must
 //! recover when the runtime comes back.

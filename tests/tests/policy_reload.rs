@@ -29,9 +29,9 @@ const WRITE_PATH: &str = "/etc/parapet-probe";
 const STOP_PATH: &str = "/tmp/stop";
 const RELOADED: &str = "policy set reloaded";
 
-/// Version `version` of the client's policy: read-only root, and egress to
-/// the server on a port no one uses, which tells the versions apart, plus
-/// port Q when `allow_q`.
+/// Version `version` of the client's policy: a read-only root, and egress
+/// to the server on port Q when `allow_q` and on a port no one uses, which
+/// differs per version.
 fn client_policy(server: IpAddr, version: usize, allow_q: bool) -> String {
     let q = if allow_q { format!("{{port: {PORT_Q}}}, ") } else { String::new() };
     format!(
@@ -97,7 +97,7 @@ fn borrowed<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> 
     files.iter().map(|(key, contents)| (*key, contents.as_str())).collect()
 }
 
-/// Returns whether `text` holds `FILE:LINE:COLUMN: ` for `file`.
+/// Returns whether `text` contains `FILE:LINE:COLUMN:` for `file`.
 fn names_position(text: &str, file: &str) -> bool {
     text.match_indices(&format!("{file}:")).any(|(at, matched)| {
         let mut parts = text[at + matched.len()..].splitn(3, ':');
