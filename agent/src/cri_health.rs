@@ -9,8 +9,8 @@
 //!
 //! NOTE: each attempt still holds the agent's loop for up to the CRI
 //! deadline (2 s), which delays policy reloads while the runtime hangs.
-//! NOTE: a runtime that returns well-formed but incomplete lists is
-//! believed, so the entries of containers it leaves out are released.
+//! A runtime that answers with incomplete lists is handled by
+//! [`crate::unlisted`].
 
 use std::{
     path::PathBuf,

@@ -199,6 +199,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         namespaces_checked: None,
         exec_targets: Vec::new(),
         cri_health: crate::cri_health::CriHealth::new(options.cri_socket.clone()),
+        unlisted: Default::default(),
         retry_at: None,
         unlisted_since: Default::default(),
         read_only: Default::default(),
@@ -306,6 +307,7 @@ struct LoopState {
     /// When the mount namespaces of read-only containers were last listed.
     namespaces_checked: Option<Instant>,
     cri_health: crate::cri_health::CriHealth,
+    unlisted: crate::unlisted::UnlistedKeeper,
     /// When to look again soon because cgroups exist that the runtime did
     /// not list yet: a pod or container being created.
     retry_at: Option<Instant>,
@@ -427,7 +429,7 @@ impl LoopState {
         let containers_changed = scan.containers.len() != self.known_containers.len()
             || scan.containers.keys().any(|id| !self.known_containers.contains(id));
         let stale = self.last_cri.is_none_or(|at| at.elapsed() >= CRI_REFRESH);
-        if !forced && !containers_changed && !stale {
+        if !forced && !containers_changed && !stale && !self.unlisted.any_gone(&scan) {
             return true;
         }
         if !forced && !self.cri_health.may_try() {
@@ -461,13 +463,15 @@ impl LoopState {
             .unwrap_or_else(|e| e.into_inner())
             .set_cgroups(identities);
         self.resolve_exec_rules(&pods, &containers, &scan.containers).await;
-        let desired = crate::enforce::desired_entries(
+        let mut desired = crate::enforce::desired_entries(
             self.enforcer.policies(),
             &pods,
             &containers,
             &scan.containers,
             &self.exec_rules.resolved(),
         );
+        self.unlisted
+            .carry_over(self.enforcer.applied(), &mut desired, &scan, &pods, &containers);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());

@@ -26,4 +26,5 @@ pub mod reader;
 pub mod readonly;
 pub mod status;
 pub mod tail;
+pub mod unlisted;
 pub mod watch;

@@ -28,6 +28,7 @@ pub mod attempts;
 pub mod cgroup;
 pub mod configmap;
 pub mod containerd;
+pub mod fake_cri;
 pub mod image;
 pub mod mountinfo;
 pub mod network;

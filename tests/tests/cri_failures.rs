@@ -1,6 +1,8 @@
 //! The agent while its container runtime fails. The agent's CRI socket is
 //! in the test's own directory, served by a proxy that forwards to the
-//! test's containerd, sends garbage, never responds, or is gone.
+//! test's containerd, sends garbage, never responds, or is gone, or to a
+//! fake runtime that leaves the policed pod out of its lists or lists it
+//! without its identity.
 //! Pods already policed must stay policed throughout, the failure must
 //! show in the log, `parapet status` and `/metrics`, and the agent must
 //! recover when the runtime comes back.
@@ -15,6 +17,7 @@ use anyhow::{Context as _, Result, ensure};
 use parapet_tests::{
     Containerd, Pod,
     agent::{Agent, metric_value},
+    fake_cri::{Distortion, FakeRuntime},
 };
 use tokio::{
     io::AsyncWriteExt as _,
@@ -28,6 +31,8 @@ const SERVER_COMMAND: [&str; 3] = ["sh", "-c", "netprobe listen tcp 8080 & netpr
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Forward,
+    /// Forwards to the fake runtime.
+    Fake,
     /// Writes bytes that are no HTTP/2, then keeps the connection open.
     Garbage,
     /// Accepts and never sends a byte.
@@ -40,16 +45,18 @@ enum Mode {
 struct Proxy {
     path: PathBuf,
     upstream: PathBuf,
+    fake: PathBuf,
     mode: Arc<Mutex<Mode>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
-    fn start(path: &Path, upstream: &Path) -> Result<Self> {
+    fn start(path: &Path, upstream: &Path, fake: &Path) -> Result<Self> {
         let mut proxy = Self {
             path: path.to_owned(),
             upstream: upstream.to_owned(),
+            fake: fake.to_owned(),
             mode: Arc::new(Mutex::new(Mode::Forward)),
             connections: Arc::default(),
             acceptor: None,
@@ -60,11 +67,12 @@ impl Proxy {
 
     fn listen(&mut self) -> Result<()> {
         let listener = UnixListener::bind(&self.path).with_context(|| format!("failed to bind {}", self.path.display()))?;
-        let (mode, connections, upstream) = (Arc::clone(&self.mode), Arc::clone(&self.connections), self.upstream.clone());
+        let (mode, connections) = (Arc::clone(&self.mode), Arc::clone(&self.connections));
+        let (real, fake) = (self.upstream.clone(), self.fake.clone());
         self.acceptor = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let mode = *mode.lock().unwrap();
-                let upstream = upstream.clone();
+                let upstream = if mode == Mode::Fake { fake.clone() } else { real.clone() };
                 let task = tokio::spawn(async move { serve(stream, mode, &upstream).await });
                 connections.lock().unwrap().push(task);
             }
@@ -107,7 +115,7 @@ impl Drop for Proxy {
 
 async fn serve(mut stream: UnixStream, mode: Mode, upstream: &Path) {
     match mode {
-        Mode::Forward => {
+        Mode::Forward | Mode::Fake => {
             if let Ok(mut runtime) = UnixStream::connect(upstream).await {
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut runtime).await;
             }
@@ -148,8 +156,9 @@ async fn wait_down(agent: &Agent, needles: &[&str]) -> Result<String> {
     }
 }
 
-/// Checks that the client is still policed while the runtime fails.
-async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str) -> Result<()> {
+/// Checks that the client is still policed while the runtime fails, and
+/// that `parapet_cri_up` is `cri_up`.
+async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str, cri_up: f64) -> Result<()> {
     let status = agent.status().await?;
     ensure!(
         status.kernel_policed_cgroups.contains(&client.cgroup_id),
@@ -162,7 +171,7 @@ async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str) -
     );
     ensure!(denied_connect(client, server).await?, "{phase}: the client reached a forbidden peer");
     let metrics = agent.metrics()?;
-    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(0.0), "{phase}: {metrics}");
+    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(cri_up), "{phase}: {metrics}");
     Ok(())
 }
 
@@ -175,7 +184,8 @@ async fn runtime_failures_keep_enforcement() -> Result<()> {
     let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
     let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
     let proxy_path = containerd.dir().join("cri-proxy.sock");
-    let mut proxy = Proxy::start(&proxy_path, containerd.socket())?;
+    let fake_path = containerd.dir().join("fake-cri.sock");
+    let mut proxy = Proxy::start(&proxy_path, containerd.socket(), &fake_path)?;
     let policy = format!(
         "apiVersion: parapet.dev/v1alpha1
 kind: RuntimePolicy
@@ -206,12 +216,12 @@ spec:
     proxy.set(Mode::Garbage);
     let error = wait_down(&agent, &["CRI"]).await?;
     println!("garbage: {error}");
-    still_policed(&agent, &client, &server, "garbage").await?;
+    still_policed(&agent, &client, &server, "garbage", 0.0).await?;
 
     proxy.set(Mode::Silent);
     let error = wait_down(&agent, &["timed out"]).await?;
     println!("silent: {error}");
-    still_policed(&agent, &client, &server, "silent").await?;
+    still_policed(&agent, &client, &server, "silent", 0.0).await?;
     // The API does not wait on the silent runtime.
     let started = Instant::now();
     agent.status().await?;
@@ -220,7 +230,7 @@ spec:
     proxy.stop()?;
     let error = wait_down(&agent, &["No such file or directory"]).await?;
     println!("down: {error}");
-    still_policed(&agent, &client, &server, "down").await?;
+    still_policed(&agent, &client, &server, "down", 0.0).await?;
     let text = std::process::Command::new(parapet_tests::agent::parapet_bin()?)
         .args(["status", "--api-socket"])
         .arg(&agent.api_socket)
@@ -238,6 +248,28 @@ spec:
     ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0), "{metrics}");
     let errors = metric_value(&metrics, "parapet_cri_errors_total", &[]).unwrap_or_default();
     ensure!(errors >= 3.0, "{metrics}");
+    // A runtime that responds but leaves the policed pod out, or lists it
+    // without metadata, labels or pod: the pod keeps its entries.
+    let fake = FakeRuntime::start(&fake_path, containerd.cri().clone(), &client.sandbox_id)?;
+    fake.set(Distortion::Omit);
+    proxy.set(Mode::Fake);
+    agent.wait_for_log(&["no longer lists a policed workload", &client.container_id])?;
+    still_policed(&agent, &client, &server, "omitted", 1.0).await?;
+    fake.set(Distortion::Malform);
+    // Longer than the agent's runtime refresh of 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    still_policed(&agent, &client, &server, "malformed", 1.0).await?;
+    let released = format!("cgroup_id={}", client.cgroup_id);
+    ensure!(
+        !agent.log().lines().any(|line| line.contains("workload released") && line.contains(&released)),
+        "the client's entry was released:\n{}",
+        agent.log()
+    );
+    fake.set(Distortion::None);
+    agent.wait_for_log(&["a kept workload entry follows the runtime's lists again"])?;
+    proxy.set(Mode::Forward);
+    drop(fake);
+
     // A pod that starts after the recovery is found and policed.
     let late = Pod::run(&containerd, "late-client", "clinic", &[("app", "client")]).await?;
     agent.wait_enforced(&late.container_id)?;
