@@ -8,6 +8,8 @@
 //! recover when the runtime comes back.
 
 use std::{
+    ffi::CString,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -139,6 +141,34 @@ async fn denied_connect(pod: &Pod, server: &Pod) -> Result<bool> {
     Ok(is_eperm(output.stdout_trimmed()))
 }
 
+/// Runs netprobe from the host in the pod's network namespace and
+/// container cgroup, which needs no runtime, and returns whether its
+/// connect to the server's port 8081 failed with EPERM.
+fn denied_connect_without_runtime(pod: &Pod, server: &Pod) -> Result<bool> {
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", pod.pid))?;
+    let procs = CString::new(pod.cgroup_path.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+    let netns_fd = netns.as_raw_fd();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    command.args(["connect", "tcp", &server.ip.to_string(), "8081"]);
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe system calls on memory prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let output = command.output().context("failed to run netprobe in the pod's cgroup")?;
+    Ok(is_eperm(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
 /// Waits until `parapet status` reports the runtime down with an error
 /// that contains one of `needles`, and returns that error.
 async fn wait_down(agent: &Agent, needles: &[&str]) -> Result<String> {
@@ -180,7 +210,7 @@ async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str, c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_failures_keep_enforcement() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
-    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let mut containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
     let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
     let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
     let proxy_path = containerd.dir().join("cri-proxy.sock");
@@ -269,6 +299,32 @@ spec:
     agent.wait_for_log(&["a kept workload entry follows the runtime's lists again"])?;
     proxy.set(Mode::Forward);
     drop(fake);
+
+    // The real containerd stops and starts again; its pods keep running
+    // and stay policed.
+    let recoveries = agent.log().matches("the container runtime responds again").count();
+    containerd.stop_runtime()?;
+    let error = wait_down(&agent, &["CRI"]).await?;
+    println!("containerd stopped: {error}");
+    let status = agent.status().await?;
+    ensure!(status.kernel_policed_cgroups.contains(&client.cgroup_id), "the client's entry went with containerd");
+    ensure!(
+        denied_connect_without_runtime(&client, &server)?,
+        "a process in the client's cgroup reached a forbidden peer while containerd was stopped"
+    );
+    // The same connect from outside the client's cgroup, as a control.
+    let outside = std::net::TcpStream::connect_timeout(&(server.ip, 8081).into(), Duration::from_secs(2));
+    ensure!(outside.is_ok(), "the host could not reach the server: {outside:?}");
+    containerd.start_again().await?;
+    let started = Instant::now();
+    while agent.log().matches("the container runtime responds again").count() == recoveries {
+        ensure!(started.elapsed() < Duration::from_secs(20), "the agent did not see containerd come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = agent.status().await?;
+    ensure!(status.cri.up, "{:?}", status.cri);
+    ensure!(status.kernel_policed_cgroups.contains(&client.cgroup_id), "the client's entry went with the restart");
+    ensure!(denied_connect(&client, &server).await?, "the client reached a forbidden peer after the restart");
 
     // A pod that starts after the recovery is found and policed.
     let late = Pod::run(&containerd, "late-client", "clinic", &[("app", "client")]).await?;
