@@ -12,11 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use parapet::api::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT};
+use parapet::api::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, WRITE_TIMEOUT};
 use parapet::api_admission::MAX_CLIENTS;
 use parapet_tests::{
-    Containerd,
-    agent::{Agent, parapet_bin},
+    Containerd, Pod,
+    agent::{Agent, Tail, parapet_bin},
 };
 
 /// Most time `parapet status` may take while hostile clients are connected.
@@ -175,6 +175,69 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
         rss_after < rss_before + RSS_GROWTH_BOUND,
         "resident memory grew from {rss_before} to {rss_after} bytes"
     );
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+/// Lets the `client` pod reach nothing, so that each of its sends is a
+/// violation event.
+const DENY_ALL: &str = "apiVersion: parapet.dev/v1alpha1
+kind: RuntimePolicy
+metadata:
+  name: client-egress
+spec:
+  selector:
+    namespace: clinic
+    matchLabels: {app: client}
+  mode: enforce
+  network:
+    egress: []
+";
+
+#[tokio::test]
+async fn follower_that_never_reads_is_dropped() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let target = Pod::run(&containerd, "target", "clinic", &[("app", "target")]).await?;
+    let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
+    let mut agent = Agent::start(&containerd, &[("client.yaml", DENY_ALL)])?;
+    agent.wait_ready()?;
+    agent.wait_enforced(&client.container_id)?;
+    let pid = agent.pid().context("the agent has no pid")?;
+    let binary = parapet_bin()?;
+    let rss_before = resident_bytes(pid)?;
+
+    let mut stuck = UnixStream::connect(&agent.api_socket)?;
+    stuck.write_all(b"{\"follow\": {}}\n")?;
+    let mut reader = Tail::start(&agent, &["--output", "json"])?;
+    // Both clients subscribe right after they connect; give them that moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let target_ip = target.ip.to_string();
+    let flood = client.exec(&["netprobe", "flood", "udp", &target_ip, "9000", "20000"]).await?;
+    println!("flood: {}", flood.stdout_trimmed());
+    reader.wait_for_line(&["\"verdict\":\"deny\""])?;
+    let (ok, text, took) = status_cli(&binary, &agent.api_socket, None)?;
+    ensure!(ok, "parapet status failed beside a stuck follower: {text}");
+    ensure!(took < STATUS_BOUND, "parapet status took {took:?}");
+
+    // The agent gives up on the stuck client after the write timeout: what
+    // it had sent can be read, and then the stream ends.
+    std::thread::sleep(WRITE_TIMEOUT + Duration::from_secs(2));
+    stuck.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut received = Vec::new();
+    let read = stuck.read_to_end(&mut received);
+    println!("the stuck follower had {} bytes waiting when the agent closed it", received.len());
+    ensure!(read.is_ok(), "the agent did not close the stuck follower: {read:?}");
+    ensure!(!received.is_empty(), "the stuck follower received nothing before it was dropped");
+
+    let rss_after = resident_bytes(pid)?;
+    println!("agent resident memory: {rss_before} bytes before, {rss_after} after");
+    ensure!(
+        rss_after < rss_before + RSS_GROWTH_BOUND,
+        "resident memory grew from {rss_before} to {rss_after} bytes"
+    );
+    drop(reader);
     agent.stop()?;
     containerd.cleanup().await?;
     Ok(())
