@@ -9,5 +9,7 @@ fn main() -> anyhow::Result<()> {
         .build_server(true)
         .generate_default_stubs(true)
         .compile_protos(&["../agent/proto/cri.proto"], &["../agent/proto"])
-        .context("compiling ../agent/proto/cri.proto (is protoc installed? run `cargo xtask setup`)")
+        .context(
+            "compiling ../agent/proto/cri.proto (is protoc installed? run `cargo xtask setup`)",
+        )
 }

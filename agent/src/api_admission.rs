@@ -41,9 +41,9 @@ impl Admission {
     /// Returns a slot that the client keeps while it is served, or the
     /// message that explains why it is rejected.
     pub fn admit(&mut self, stream: &UnixStream) -> Result<OwnedSemaphorePermit, String> {
-        let credentials = stream
-            .peer_cred()
-            .map_err(|error| format!("failed to read the client's credentials (SO_PEERCRED): {error}"))?;
+        let credentials = stream.peer_cred().map_err(|error| {
+            format!("failed to read the client's credentials (SO_PEERCRED): {error}")
+        })?;
         if credentials.uid() != 0 {
             if let Some(suppressed) = self.not_root.allow() {
                 warn!(
@@ -67,7 +67,9 @@ impl Admission {
                     "refused an API client: too many clients are connected"
                 );
             }
-            format!("too many clients: the agent serves at most {MAX_CLIENTS} at once; try again later")
+            format!(
+                "too many clients: the agent serves at most {MAX_CLIENTS} at once; try again later"
+            )
         })
     }
 }
@@ -84,7 +86,10 @@ impl RateLimit {
     /// one may be logged.
     fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
-        if self.last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_INTERVAL)
+        {
             self.suppressed += 1;
             return None;
         }

@@ -118,12 +118,18 @@ impl DirEvents {
     /// Returns whether events arrived that no look at the directory has
     /// taken yet.
     pub fn is_pending(&self) -> bool {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Takes the pending burst, if any.
     pub fn take(&self) -> Option<Burst> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 

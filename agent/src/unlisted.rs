@@ -44,9 +44,12 @@ impl UnlistedKeeper {
             }
             let identity = &entry.identity;
             let pod_has_containers = || {
-                scan.containers
-                    .values()
-                    .any(|cgroup| cgroup.pod.as_ref().is_some_and(|pod| pod.uid == identity.pod_uid))
+                scan.containers.values().any(|cgroup| {
+                    cgroup
+                        .pod
+                        .as_ref()
+                        .is_some_and(|pod| pod.uid == identity.pod_uid)
+                })
             };
             if identity.container_id.is_none() && !pod_has_containers() {
                 continue;
@@ -54,9 +57,9 @@ impl UnlistedKeeper {
             // A container counts as listed only with its pod, because
             // without the pod's labels no policy can select it.
             let listed = match &identity.container_id {
-                Some(id) => containers
-                    .iter()
-                    .any(|container| &container.id == id && pods.iter().any(|pod| pod.id == container.pod_sandbox_id)),
+                Some(id) => containers.iter().any(|container| {
+                    &container.id == id && pods.iter().any(|pod| pod.id == container.pod_sandbox_id)
+                }),
                 None => pods.iter().any(|pod| pod.uid == identity.pod_uid),
             };
             if listed {
@@ -75,7 +78,10 @@ impl UnlistedKeeper {
             desired.insert(*cgroup_id, entry.clone());
         }
         for cgroup_id in self.kept.difference(&kept) {
-            info!(cgroup_id, "a kept workload entry follows the runtime's lists again, or its cgroup is gone");
+            info!(
+                cgroup_id,
+                "a kept workload entry follows the runtime's lists again, or its cgroup is gone"
+            );
         }
         self.kept = kept;
     }
@@ -83,7 +89,9 @@ impl UnlistedKeeper {
     /// Returns whether the cgroup of a kept entry is gone, so that its entry
     /// can be released now.
     pub fn any_gone(&self, scan: &Scan) -> bool {
-        self.kept.iter().any(|cgroup_id| !scan.live_ids.contains(cgroup_id))
+        self.kept
+            .iter()
+            .any(|cgroup_id| !scan.live_ids.contains(cgroup_id))
     }
 }
 
@@ -117,7 +125,12 @@ mod tests {
 
     #[test]
     fn keeps_unlisted_live_entries_only() {
-        let applied = HashMap::from([(10, entry(Some("c1"))), (11, entry(Some("c2"))), (12, entry(None)), (13, entry(Some("c3")))]);
+        let applied = HashMap::from([
+            (10, entry(Some("c1"))),
+            (11, entry(Some("c2"))),
+            (12, entry(None)),
+            (13, entry(Some("c3"))),
+        ]);
         let pod_cgroup = PodCgroup {
             uid: "uid-1".into(),
             path: "/kubepods/poduid-1".into(),

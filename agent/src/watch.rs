@@ -93,7 +93,12 @@ impl PolicyWatcher {
         let started = Instant::now();
         // The poll is the fallback: a change inotify saw is loaded once its
         // events settle.
-        if trigger == Trigger::Poll && self.events.as_ref().is_some_and(|events| events.is_pending()) {
+        if trigger == Trigger::Poll
+            && self
+                .events
+                .as_ref()
+                .is_some_and(|events| events.is_pending())
+        {
             return None;
         }
         let burst = self.events.as_ref().and_then(|events| events.take());

@@ -65,8 +65,8 @@ pub struct Agent {
     pub policy_dir: PathBuf,
     pub api_socket: PathBuf,
     pub metrics_address: SocketAddr,
-    /// The CRI socket the agent asks: containerd's, unless the test
-    /// changed it with [`Agent::start_with_cri`].
+    /// The CRI socket the agent connects to: containerd's, unless the test
+    /// set another with [`Agent::start_with_cri`].
     cri_socket: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,

@@ -30,7 +30,8 @@ impl Record {
     /// Parses a container log in the CRI format
     /// (`TIME STREAM TAG CONTENT` per line).
     pub fn read(log: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(log).with_context(|| format!("failed to read {}", log.display()))?;
+        let text = std::fs::read_to_string(log)
+            .with_context(|| format!("failed to read {}", log.display()))?;
         let mut record = Self::default();
         for line in text.lines() {
             let content = line.splitn(4, ' ').nth(3).unwrap_or_default();
@@ -51,12 +52,15 @@ impl Record {
                     let parsed = counts
                         .iter()
                         .filter_map(|pair| pair.split_once('='))
-                        .filter_map(|(outcome, count)| Some((outcome.to_owned(), count.parse().ok()?)))
+                        .filter_map(|(outcome, count)| {
+                            Some((outcome.to_owned(), count.parse().ok()?))
+                        })
                         .collect();
                     record.counts.insert((*name).to_owned(), parsed);
                 }
                 ["end", name, _, last] => {
-                    if let Some(open) = record.runs.get_mut(*name).and_then(|runs| runs.last_mut()) {
+                    if let Some(open) = record.runs.get_mut(*name).and_then(|runs| runs.last_mut())
+                    {
                         open.last_ns = Some(last.parse()?);
                     }
                     record.ended = true;
@@ -70,7 +74,13 @@ impl Record {
     /// Returns the runs of `name` that hold an attempt in `[from, to)` with
     /// an outcome for which `unexpected` is true. A run still going on
     /// counts as lasting until `to`.
-    pub fn runs_within(&self, name: &str, from: u128, to: u128, unexpected: impl Fn(&str) -> bool) -> Vec<Run> {
+    pub fn runs_within(
+        &self,
+        name: &str,
+        from: u128,
+        to: u128,
+        unexpected: impl Fn(&str) -> bool,
+    ) -> Vec<Run> {
         self.runs
             .get(name)
             .into_iter()
@@ -84,5 +94,6 @@ impl Record {
 
 /// Returns `time` in nanoseconds since the Unix epoch.
 pub fn unix_ns(time: SystemTime) -> u128 {
-    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos())
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos())
 }

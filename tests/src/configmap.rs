@@ -45,13 +45,16 @@ impl ConfigMapDir {
     pub fn update(&mut self, files: &[(&str, &str)]) -> Result<SystemTime> {
         let name = timestamp_name(&self.current);
         let new_dir = self.dir.join(&name);
-        fs::create_dir(&new_dir).with_context(|| format!("failed to create {}", new_dir.display()))?;
+        fs::create_dir(&new_dir)
+            .with_context(|| format!("failed to create {}", new_dir.display()))?;
         for (key, contents) in files {
             fs::write(new_dir.join(key), contents)?;
         }
         let staging = self.dir.join("..data_tmp");
-        symlink(&name, &staging).with_context(|| format!("failed to create {}", staging.display()))?;
-        fs::rename(&staging, self.dir.join("..data")).context("failed to rename ..data_tmp over ..data")?;
+        symlink(&name, &staging)
+            .with_context(|| format!("failed to create {}", staging.display()))?;
+        fs::rename(&staging, self.dir.join("..data"))
+            .context("failed to rename ..data_tmp over ..data")?;
         let swapped = SystemTime::now();
         let keys: Vec<String> = files.iter().map(|(key, _)| (*key).to_owned()).collect();
         for key in &keys {
@@ -76,7 +79,9 @@ impl ConfigMapDir {
 /// UTC time, different from `previous`.
 fn timestamp_name(previous: &Option<String>) -> String {
     loop {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let seconds = now.as_secs();
         let (year, month, day) = civil_date(seconds / 86_400);
         let time = seconds % 86_400;
@@ -98,11 +103,16 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     let shifted = days + 719_468;
     let era = shifted / 146_097;
     let day_of_era = shifted % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }

@@ -43,7 +43,8 @@ impl FakeRuntime {
     /// Serves on `socket`, forwarding to `upstream` and distorting the pod
     /// sandbox `sandbox_id`.
     pub fn start(socket: &Path, upstream: CriClient, sandbox_id: &str) -> Result<Self> {
-        let listener = UnixListener::bind(socket).with_context(|| format!("failed to bind {}", socket.display()))?;
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("failed to bind {}", socket.display()))?;
         let distortion = Arc::new(Mutex::new(Distortion::None));
         let service = Service {
             upstream,
@@ -84,8 +85,11 @@ impl Service {
 
 /// Converts a message of the agent's generated types into the same message
 /// of this crate's, through its encoding.
-fn convert<From: prost::Message, To: prost::Message + Default>(message: &From) -> Result<To, Status> {
-    To::decode(message.encode_to_vec().as_slice()).map_err(|error| Status::internal(error.to_string()))
+fn convert<From: prost::Message, To: prost::Message + Default>(
+    message: &From,
+) -> Result<To, Status> {
+    To::decode(message.encode_to_vec().as_slice())
+        .map_err(|error| Status::internal(error.to_string()))
 }
 
 fn upstream_error(error: parapet::cri::CriError) -> Status {
@@ -98,7 +102,11 @@ impl RuntimeService for Service {
         &self,
         _request: Request<proto::ListPodSandboxRequest>,
     ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
-        let sandboxes = self.upstream.list_pod_sandboxes().await.map_err(upstream_error)?;
+        let sandboxes = self
+            .upstream
+            .list_pod_sandboxes()
+            .await
+            .map_err(upstream_error)?;
         let mut items = Vec::new();
         for sandbox in &sandboxes {
             let mut item: proto::PodSandbox = convert(sandbox)?;
@@ -121,7 +129,11 @@ impl RuntimeService for Service {
         &self,
         _request: Request<proto::ListContainersRequest>,
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
-        let listed = self.upstream.list_containers().await.map_err(upstream_error)?;
+        let listed = self
+            .upstream
+            .list_containers()
+            .await
+            .map_err(upstream_error)?;
         let mut containers = Vec::new();
         for container in &listed {
             let mut item: proto::Container = convert(container)?;

@@ -27,8 +27,15 @@ const NOBODY: u32 = 65534;
 
 fn resident_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS line")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("no VmRSS value")?.parse()?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("no VmRSS value")?
+        .parse()?;
     Ok(kib * 1024)
 }
 
@@ -42,7 +49,11 @@ fn status_cli(binary: &Path, socket: &Path, uid: Option<u32>) -> Result<(bool, S
     }
     let started = Instant::now();
     let output = command.output().context("failed to run parapet status")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok((output.status.success(), text, started.elapsed()))
 }
 
@@ -78,7 +89,9 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
     let mut garbage_replies = Vec::new();
     for index in 0..10u8 {
         let mut client = UnixStream::connect(&socket)?;
-        let bytes: Vec<u8> = (0..200u8).map(|byte| byte.wrapping_mul(31).wrapping_add(index)).collect();
+        let bytes: Vec<u8> = (0..200u8)
+            .map(|byte| byte.wrapping_mul(31).wrapping_add(index))
+            .collect();
         // A newline among the bytes ends the request early, and the agent
         // closes the connection after its reply, so later writes may fail.
         let _ = client.write_all(&bytes);
@@ -86,7 +99,10 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
         garbage_replies.push(read_reply(&mut client)?);
     }
     for reply in &garbage_replies {
-        ensure!(reply.contains("\"error\""), "garbage got no error reply: {reply:?}");
+        ensure!(
+            reply.contains("\"error\""),
+            "garbage got no error reply: {reply:?}"
+        );
     }
     let endless = std::thread::spawn({
         let socket = socket.clone();
@@ -124,18 +140,32 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
     }
     let (ok, text, took) = status_cli(&binary, &socket, None)?;
     ensure!(!ok, "parapet status got through a full agent: {text}");
-    ensure!(text.contains("too many clients"), "parapet status output: {text}");
-    ensure!(took < STATUS_BOUND, "a refused parapet status took {took:?}");
+    ensure!(
+        text.contains("too many clients"),
+        "parapet status output: {text}"
+    );
+    ensure!(
+        took < STATUS_BOUND,
+        "a refused parapet status took {took:?}"
+    );
     let mut refused = 0;
     for client in &mut extra {
         client.set_read_timeout(Some(Duration::from_millis(50)))?;
         let mut reply = String::new();
-        if BufReader::new(&*client).read_line(&mut reply).is_ok() && reply.contains("too many clients") {
+        if BufReader::new(&*client).read_line(&mut reply).is_ok()
+            && reply.contains("too many clients")
+        {
             refused += 1;
         }
     }
-    println!("clients refused past the cap of {MAX_CLIENTS}: {refused} of {}", extra.len());
-    ensure!(refused >= 40, "only {refused} clients past the cap were refused");
+    println!(
+        "clients refused past the cap of {MAX_CLIENTS}: {refused} of {}",
+        extra.len()
+    );
+    ensure!(
+        refused >= 40,
+        "only {refused} clients past the cap were refused"
+    );
     agent.wait_for_log(&["refused an API client: too many clients are connected"])?;
 
     // Clients that send nothing are dropped after the request timeout, and
@@ -146,25 +176,39 @@ async fn hostile_api_clients_are_bounded() -> Result<()> {
         client.set_read_timeout(Some(Duration::from_secs(2)))?;
         let _ = client.read_to_string(&mut rest);
         ensure!(
-            rest.is_empty() || rest.contains("no request line within") || rest.contains("too many clients"),
+            rest.is_empty()
+                || rest.contains("no request line within")
+                || rest.contains("too many clients"),
             "{rest:?}"
         );
     }
     drop(extra);
     let (ok, text, took) = status_cli(&binary, &socket, None)?;
-    ensure!(ok, "parapet status failed after idle clients timed out: {text}");
+    ensure!(
+        ok,
+        "parapet status failed after idle clients timed out: {text}"
+    );
     ensure!(took < STATUS_BOUND, "parapet status took {took:?}");
 
     // Not root: the socket's mode stops the client first.
     let (ok, text, _) = status_cli(&binary, &socket, Some(NOBODY))?;
     ensure!(!ok, "uid {NOBODY} read the status: {text}");
-    ensure!(text.contains("Permission denied"), "uid {NOBODY} through mode 0600: {text}");
+    ensure!(
+        text.contains("Permission denied"),
+        "uid {NOBODY} through mode 0600: {text}"
+    );
     // With the mode opened, SO_PEERCRED stops it.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
     let (ok, text, _) = status_cli(&binary, &socket, Some(NOBODY))?;
     ensure!(!ok, "uid {NOBODY} read the status: {text}");
-    ensure!(text.contains("serves root (uid 0) only"), "uid {NOBODY} through mode 0666: {text}");
-    agent.wait_for_log(&["refused an API client that is not root", &format!("uid={NOBODY}")])?;
+    ensure!(
+        text.contains("serves root (uid 0) only"),
+        "uid {NOBODY} through mode 0666: {text}"
+    );
+    agent.wait_for_log(&[
+        "refused an API client that is not root",
+        &format!("uid={NOBODY}"),
+    ])?;
 
     drop(held);
     let (ok, text, _) = status_cli(&binary, &socket, None)?;
@@ -214,7 +258,9 @@ async fn follower_that_never_reads_is_dropped() -> Result<()> {
     // Both clients subscribe right after they connect; give them that moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let target_ip = target.ip.to_string();
-    let flood = client.exec(&["netprobe", "flood", "udp", &target_ip, "9000", "20000"]).await?;
+    let flood = client
+        .exec(&["netprobe", "flood", "udp", &target_ip, "9000", "20000"])
+        .await?;
     println!("flood: {}", flood.stdout_trimmed());
     reader.wait_for_line(&["\"verdict\":\"deny\""])?;
     let (ok, text, took) = status_cli(&binary, &agent.api_socket, None)?;
@@ -227,9 +273,18 @@ async fn follower_that_never_reads_is_dropped() -> Result<()> {
     stuck.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut received = Vec::new();
     let read = stuck.read_to_end(&mut received);
-    println!("the stuck follower had {} bytes waiting when the agent closed it", received.len());
-    ensure!(read.is_ok(), "the agent did not close the stuck follower: {read:?}");
-    ensure!(!received.is_empty(), "the stuck follower received nothing before it was dropped");
+    println!(
+        "the stuck follower had {} bytes waiting when the agent closed it",
+        received.len()
+    );
+    ensure!(
+        read.is_ok(),
+        "the agent did not close the stuck follower: {read:?}"
+    );
+    ensure!(
+        !received.is_empty(),
+        "the stuck follower received nothing before it was dropped"
+    );
 
     let rss_after = resident_bytes(pid)?;
     println!("agent resident memory: {rss_before} bytes before, {rss_after} after");

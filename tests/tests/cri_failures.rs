@@ -1,8 +1,10 @@
 //! The agent while its container runtime fails. The agent's CRI socket is
-//! in the test's own directory, served by a proxy that forwards to the
-//! test's containerd, sends garbage, never responds, or is gone, or to a
-//! fake runtime that leaves the policed pod out of its lists or lists it
-//! without its identity.
+//! in the test's own directory. A proxy serves it: it forwards to the
+//! test's containerd, sends garbage, never responds, or is gone. It can
+//! also forward to a fake runtime that leaves the policed pod out of its
+//! lists, or lists it without its identity. Last, the real containerd
+//! stops and starts again.
+//!
 //! Pods already policed must stay policed throughout, the failure must
 //! show in the log, `parapet status` and `/metrics`, and the agent must
 //! recover when the runtime comes back.
@@ -27,7 +29,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-const SERVER_COMMAND: [&str; 3] = ["sh", "-c", "netprobe listen tcp 8080 & netprobe listen tcp 8081 & wait"];
+const SERVER_COMMAND: [&str; 3] = [
+    "sh",
+    "-c",
+    "netprobe listen tcp 8080 & netprobe listen tcp 8081 & wait",
+];
 
 /// What the proxy does with each connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,13 +74,18 @@ impl Proxy {
     }
 
     fn listen(&mut self) -> Result<()> {
-        let listener = UnixListener::bind(&self.path).with_context(|| format!("failed to bind {}", self.path.display()))?;
+        let listener = UnixListener::bind(&self.path)
+            .with_context(|| format!("failed to bind {}", self.path.display()))?;
         let (mode, connections) = (Arc::clone(&self.mode), Arc::clone(&self.connections));
         let (real, fake) = (self.upstream.clone(), self.fake.clone());
         self.acceptor = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let mode = *mode.lock().unwrap();
-                let upstream = if mode == Mode::Fake { fake.clone() } else { real.clone() };
+                let upstream = if mode == Mode::Fake {
+                    fake.clone()
+                } else {
+                    real.clone()
+                };
                 let task = tokio::spawn(async move { serve(stream, mode, &upstream).await });
                 connections.lock().unwrap().push(task);
             }
@@ -123,7 +134,9 @@ async fn serve(mut stream: UnixStream, mode: Mode, upstream: &Path) {
             }
         }
         Mode::Garbage => {
-            let noise: Vec<u8> = (0..4096u32).map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let noise: Vec<u8> = (0..4096u32)
+                .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
             let _ = stream.write_all(&noise).await;
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -137,7 +150,9 @@ fn is_eperm(output: &str) -> bool {
 
 async fn denied_connect(pod: &Pod, server: &Pod) -> Result<bool> {
     let address = server.ip.to_string();
-    let output = pod.exec(&["netprobe", "connect", "tcp", &address, "8081"]).await?;
+    let output = pod
+        .exec(&["netprobe", "connect", "tcp", &address, "8081"])
+        .await?;
     Ok(is_eperm(output.stdout_trimmed()))
 }
 
@@ -146,7 +161,12 @@ async fn denied_connect(pod: &Pod, server: &Pod) -> Result<bool> {
 /// connect to the server's port 8081 failed with EPERM.
 fn denied_connect_without_runtime(pod: &Pod, server: &Pod) -> Result<bool> {
     let netns = std::fs::File::open(format!("/proc/{}/ns/net", pod.pid))?;
-    let procs = CString::new(pod.cgroup_path.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+    let procs = CString::new(
+        pod.cgroup_path
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )?;
     let netns_fd = netns.as_raw_fd();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netprobe"));
     command.args(["connect", "tcp", &server.ip.to_string(), "8081"]);
@@ -165,7 +185,9 @@ fn denied_connect_without_runtime(pod: &Pod, server: &Pod) -> Result<bool> {
             Ok(())
         });
     }
-    let output = command.output().context("failed to run netprobe in the pod's cgroup")?;
+    let output = command
+        .output()
+        .context("failed to run netprobe in the pod's cgroup")?;
     Ok(is_eperm(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
@@ -181,14 +203,24 @@ async fn wait_down(agent: &Agent, needles: &[&str]) -> Result<String> {
         {
             return Ok(error.clone());
         }
-        ensure!(started.elapsed() < Duration::from_secs(20), "runtime failure {needles:?} not reported: {:?}", status.cri);
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "runtime failure {needles:?} not reported: {:?}",
+            status.cri
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Checks that the client is still policed while the runtime fails, and
 /// that `parapet_cri_up` is `cri_up`.
-async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str, cri_up: f64) -> Result<()> {
+async fn still_policed(
+    agent: &Agent,
+    client: &Pod,
+    server: &Pod,
+    phase: &str,
+    cri_up: f64,
+) -> Result<()> {
     let status = agent.status().await?;
     ensure!(
         status.kernel_policed_cgroups.contains(&client.cgroup_id),
@@ -196,12 +228,21 @@ async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str, c
         status.kernel_policed_cgroups
     );
     ensure!(
-        status.workloads.iter().any(|w| w.container_id.as_deref() == Some(&client.container_id)),
+        status
+            .workloads
+            .iter()
+            .any(|w| w.container_id.as_deref() == Some(&client.container_id)),
         "{phase}: the client is no longer listed as enforced"
     );
-    ensure!(denied_connect(client, server).await?, "{phase}: the client reached a forbidden peer");
+    ensure!(
+        denied_connect(client, server).await?,
+        "{phase}: the client reached a forbidden peer"
+    );
     let metrics = agent.metrics()?;
-    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(cri_up), "{phase}: {metrics}");
+    ensure!(
+        metric_value(&metrics, "parapet_cri_up", &[]) == Some(cri_up),
+        "{phase}: {metrics}"
+    );
     Ok(())
 }
 
@@ -211,7 +252,14 @@ async fn still_policed(agent: &Agent, client: &Pod, server: &Pod, phase: &str, c
 async fn runtime_failures_keep_enforcement() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let mut containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
-    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let server = Pod::run_command(
+        &containerd,
+        "server",
+        "clinic",
+        &[("app", "server")],
+        &SERVER_COMMAND,
+    )
+    .await?;
     let client = Pod::run(&containerd, "client", "clinic", &[("app", "client")]).await?;
     let proxy_path = containerd.dir().join("cri-proxy.sock");
     let fake_path = containerd.dir().join("fake-cri.sock");
@@ -239,9 +287,15 @@ spec:
     })?;
     agent.wait_ready()?;
     agent.wait_enforced(&client.container_id)?;
-    ensure!(denied_connect(&client, &server).await?, "the policy is not enforced");
+    ensure!(
+        denied_connect(&client, &server).await?,
+        "the policy is not enforced"
+    );
     let metrics = agent.metrics()?;
-    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0), "{metrics}");
+    ensure!(
+        metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0),
+        "{metrics}"
+    );
 
     proxy.set(Mode::Garbage);
     let error = wait_down(&agent, &["CRI"]).await?;
@@ -255,7 +309,11 @@ spec:
     // The API does not wait on the silent runtime.
     let started = Instant::now();
     agent.status().await?;
-    ensure!(started.elapsed() < Duration::from_secs(1), "status took {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < Duration::from_secs(1),
+        "status took {:?}",
+        started.elapsed()
+    );
 
     proxy.stop()?;
     let error = wait_down(&agent, &["No such file or directory"]).await?;
@@ -267,15 +325,25 @@ spec:
         .output()?;
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     ensure!(text.contains("runtime:        DOWN since"), "{text}");
-    agent.wait_for_log(&["failed to list workloads from the container runtime", "No such file or directory"])?;
+    agent.wait_for_log(&[
+        "failed to list workloads from the container runtime",
+        "No such file or directory",
+    ])?;
 
     proxy.restart()?;
     agent.wait_for_log(&["the container runtime responds again"])?;
     let status = agent.status().await?;
-    ensure!(status.cri.up && status.cri.error.is_none(), "{:?}", status.cri);
+    ensure!(
+        status.cri.up && status.cri.error.is_none(),
+        "{:?}",
+        status.cri
+    );
     ensure!(status.cri.failures >= 3, "{:?}", status.cri);
     let metrics = agent.metrics()?;
-    ensure!(metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0), "{metrics}");
+    ensure!(
+        metric_value(&metrics, "parapet_cri_up", &[]) == Some(1.0),
+        "{metrics}"
+    );
     let errors = metric_value(&metrics, "parapet_cri_errors_total", &[]).unwrap_or_default();
     ensure!(errors >= 3.0, "{metrics}");
     // A runtime that responds but leaves the policed pod out, or lists it
@@ -291,7 +359,10 @@ spec:
     still_policed(&agent, &client, &server, "malformed", 1.0).await?;
     let released = format!("cgroup_id={}", client.cgroup_id);
     ensure!(
-        !agent.log().lines().any(|line| line.contains("workload released") && line.contains(&released)),
+        !agent
+            .log()
+            .lines()
+            .any(|line| line.contains("workload released") && line.contains(&released)),
         "the client's entry was released:\n{}",
         agent.log()
     );
@@ -302,35 +373,65 @@ spec:
 
     // The real containerd stops and starts again; its pods keep running
     // and stay policed.
-    let recoveries = agent.log().matches("the container runtime responds again").count();
+    let recoveries = agent
+        .log()
+        .matches("the container runtime responds again")
+        .count();
     containerd.stop_runtime()?;
     let error = wait_down(&agent, &["CRI"]).await?;
     println!("containerd stopped: {error}");
     let status = agent.status().await?;
-    ensure!(status.kernel_policed_cgroups.contains(&client.cgroup_id), "the client's entry went with containerd");
+    ensure!(
+        status.kernel_policed_cgroups.contains(&client.cgroup_id),
+        "the client's entry went with containerd"
+    );
     ensure!(
         denied_connect_without_runtime(&client, &server)?,
         "a process in the client's cgroup reached a forbidden peer while containerd was stopped"
     );
     // The same connect from outside the client's cgroup, as a control.
-    let outside = std::net::TcpStream::connect_timeout(&(server.ip, 8081).into(), Duration::from_secs(2));
-    ensure!(outside.is_ok(), "the host could not reach the server: {outside:?}");
+    let outside =
+        std::net::TcpStream::connect_timeout(&(server.ip, 8081).into(), Duration::from_secs(2));
+    ensure!(
+        outside.is_ok(),
+        "the host could not reach the server: {outside:?}"
+    );
     containerd.start_again().await?;
     let started = Instant::now();
-    while agent.log().matches("the container runtime responds again").count() == recoveries {
-        ensure!(started.elapsed() < Duration::from_secs(20), "the agent did not see containerd come back");
+    while agent
+        .log()
+        .matches("the container runtime responds again")
+        .count()
+        == recoveries
+    {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent did not see containerd come back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = agent.status().await?;
     ensure!(status.cri.up, "{:?}", status.cri);
-    ensure!(status.kernel_policed_cgroups.contains(&client.cgroup_id), "the client's entry went with the restart");
-    ensure!(denied_connect(&client, &server).await?, "the client reached a forbidden peer after the restart");
+    ensure!(
+        status.kernel_policed_cgroups.contains(&client.cgroup_id),
+        "the client's entry went with the restart"
+    );
+    ensure!(
+        denied_connect(&client, &server).await?,
+        "the client reached a forbidden peer after the restart"
+    );
 
     // A pod that starts after the recovery is found and policed.
     let late = Pod::run(&containerd, "late-client", "clinic", &[("app", "client")]).await?;
     agent.wait_enforced(&late.container_id)?;
-    ensure!(denied_connect(&late, &server).await?, "the late pod is not policed");
-    ensure!(denied_connect(&client, &server).await?, "the client lost its policy");
+    ensure!(
+        denied_connect(&late, &server).await?,
+        "the late pod is not policed"
+    );
+    ensure!(
+        denied_connect(&client, &server).await?,
+        "the client lost its policy"
+    );
 
     drop(proxy);
     agent.stop()?;

@@ -47,10 +47,18 @@ struct Track {
 pub fn run(stop: &str, write: &str, peers: &[&str]) -> Result<(), String> {
     let mut tracks = Vec::new();
     for peer in peers {
-        let address: SocketAddr = peer.parse().map_err(|_| format!("invalid ADDR:PORT {peer:?}"))?;
-        tracks.push(Track::new(format!("tcp:{address}"), Target::Connect(address)));
+        let address: SocketAddr = peer
+            .parse()
+            .map_err(|_| format!("invalid ADDR:PORT {peer:?}"))?;
+        tracks.push(Track::new(
+            format!("tcp:{address}"),
+            Target::Connect(address),
+        ));
     }
-    tracks.push(Track::new(format!("write:{write}"), Target::Write(write.to_owned())));
+    tracks.push(Track::new(
+        format!("write:{write}"),
+        Target::Write(write.to_owned()),
+    ));
     let mut last_tally = Instant::now();
     while !Path::new(stop).exists() {
         for track in &mut tracks {
@@ -65,14 +73,23 @@ pub fn run(stop: &str, write: &str, peers: &[&str]) -> Result<(), String> {
             last_tally = Instant::now();
             let now = now_ns();
             for track in &tracks {
-                let counts: Vec<String> = track.counts.iter().map(|(outcome, count)| format!("{outcome}={count}")).collect();
+                let counts: Vec<String> = track
+                    .counts
+                    .iter()
+                    .map(|(outcome, count)| format!("{outcome}={count}"))
+                    .collect();
                 println!("tally {now} {} {}", track.name, counts.join(" "));
             }
         }
         std::thread::sleep(PAUSE);
     }
     for track in &tracks {
-        println!("end {} {} {}", track.name, track.outcome.as_deref().unwrap_or("none"), track.last_ns);
+        println!(
+            "end {} {} {}",
+            track.name,
+            track.outcome.as_deref().unwrap_or("none"),
+            track.last_ns
+        );
     }
     io::stdout().flush().map_err(|error| error.to_string())
 }
@@ -90,7 +107,10 @@ impl Track {
 
     fn record(&mut self, outcome: String, started_ns: u128) {
         if self.outcome.as_deref() != Some(outcome.as_str()) {
-            println!("change {} {outcome} {started_ns} {}", self.name, self.last_ns);
+            println!(
+                "change {} {outcome} {started_ns} {}",
+                self.name, self.last_ns
+            );
             self.outcome = Some(outcome.clone());
         }
         self.last_ns = started_ns;
@@ -111,7 +131,10 @@ fn connect(address: SocketAddr) -> String {
 /// Makes closing send a reset, so that thousands of connections a second
 /// leave no TIME_WAIT entries to run out of local ports with.
 fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: the option value points at a live `linger` of the size passed.
     unsafe {
         libc::setsockopt(
@@ -125,7 +148,12 @@ fn reset_on_close(stream: &TcpStream) {
 }
 
 fn create(path: &str) -> String {
-    match std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+    {
         Ok(_) => "ok".to_owned(),
         Err(error) => name_error(&error),
     }
@@ -142,5 +170,7 @@ fn name_error(error: &io::Error) -> String {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos())
 }
