@@ -8,7 +8,14 @@
 //! slow down, and sends a `{"missed": N}` line saying how many it skipped.
 //! When the replay lacks events that the buffer no longer holds, the agent
 //! sends a `{"notice": "..."}` line first. For `status` the agent sends one
-//! `Status` line and closes the connection.
+//! `Status` line and closes the connection. Anything a follower sends after
+//! its request line closes its connection.
+//!
+//! Hostile or broken clients are bounded: a request line is at most
+//! [`MAX_REQUEST_BYTES`] and must arrive within [`REQUEST_TIMEOUT`], a
+//! client that takes no data for [`WRITE_TIMEOUT`] is dropped, and
+//! [`crate::api_admission`] admits root only, at most
+//! [`crate::api_admission::MAX_CLIENTS`] at once.
 
 use std::{
     fs,
@@ -25,8 +32,8 @@ use crate::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     sync::broadcast,
 };
 use tracing::{debug, info, warn};
@@ -40,7 +47,11 @@ use crate::{
 pub const DEFAULT_SOCKET: &str = "/run/parapet/api.sock";
 
 /// Maximum length of the request line the agent reads.
-const MAX_REQUEST_BYTES: u64 = 4096;
+pub const MAX_REQUEST_BYTES: u64 = 4096;
+/// Time a client has to send its request line after it connects.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take one line before the agent drops it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The one line a client sends.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -172,15 +183,27 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 
 /// Accepts clients until the listener fails.
 pub async fn serve(listener: UnixListener, feed: Arc<Feed>, status: StatusFn) {
+    let mut admission = crate::api_admission::Admission::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let permit = match admission.admit(&stream) {
+                    Ok(permit) => permit,
+                    Err(message) => {
+                        // A fresh connection's buffer takes this short line
+                        // at once; a refused client gets no task to wait on.
+                        let reply = serde_json::json!({ "error": message });
+                        let _ = stream.try_write(format!("{reply}\n").as_bytes());
+                        continue;
+                    }
+                };
                 let feed = Arc::clone(&feed);
                 let status = Arc::clone(&status);
                 tokio::spawn(async move {
                     if let Err(error) = serve_client(stream, &feed, status).await {
                         debug!(error = %error, "API client left");
                     }
+                    drop(permit);
                 });
             }
             Err(error) => {
@@ -195,14 +218,13 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
     let (read_half, mut write_half) = stream.into_split();
     let mut request = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(read_half, MAX_REQUEST_BYTES));
-    let read = tokio::time::timeout(Duration::from_secs(5), limited.read_line(&mut request)).await;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut request)).await;
     let hit_limit = limited.get_ref().limit() == 0;
     if hit_limit && !request.ends_with('\n') {
         let reply = serde_json::json!({
             "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")
         });
-        write_half.write_all(format!("{reply}\n").as_bytes()).await?;
-        return Ok(());
+        return send(&mut write_half, &reply.to_string()).await;
     }
     let subscription = match read {
         Ok(Ok(_)) => match serde_json::from_str(request.trim()) {
@@ -212,27 +234,28 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
                     .await
                     .map_err(std::io::Error::other)?;
                 let line = serde_json::to_string(&status).map_err(std::io::Error::other)?;
-                write_half.write_all(format!("{line}\n").as_bytes()).await?;
-                return Ok(());
+                return send(&mut write_half, &line).await;
             }
             Err(error) => {
                 let reply = serde_json::json!({ "error": format!("invalid request: {error}") });
-                write_half.write_all(format!("{reply}\n").as_bytes()).await?;
-                return Ok(());
+                return send(&mut write_half, &reply.to_string()).await;
             }
         },
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
             let reply = serde_json::json!({ "error": "the request is not UTF-8 text" });
-            write_half.write_all(format!("{reply}\n").as_bytes()).await?;
-            return Ok(());
+            return send(&mut write_half, &reply.to_string()).await;
         }
         Ok(Err(error)) => return Err(error),
         Err(_) => {
-            let reply = serde_json::json!({ "error": "no request line within 5 seconds" });
-            write_half.write_all(format!("{reply}\n").as_bytes()).await?;
-            return Ok(());
+            let reply = serde_json::json!({
+                "error": format!("no request line within {} seconds", REQUEST_TIMEOUT.as_secs())
+            });
+            return send(&mut write_half, &reply.to_string()).await;
         }
     };
+    // Bytes the client sent after its request line are not read: any
+    // further byte, or the end of the stream, ends the connection.
+    let mut read_half = limited.into_inner().into_inner();
     let since = subscription.since_ms.map(Duration::from_millis);
     let crate::feed::Subscription {
         replay,
@@ -246,14 +269,19 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
             ),
         };
         let line = serde_json::to_string(&notice).map_err(std::io::Error::other)?;
-        write_half.write_all(format!("{line}\n").as_bytes()).await?;
+        send(&mut write_half, &line).await?;
     }
     for event in replay.iter().filter(|event| subscription.matches(event)) {
         let line = serde_json::to_string(&**event).map_err(std::io::Error::other)?;
-        write_half.write_all(format!("{line}\n").as_bytes()).await?;
+        send(&mut write_half, &line).await?;
     }
+    let mut byte = [0u8; 1];
     loop {
-        let line = match receiver.recv().await {
+        let received = tokio::select! {
+            received = receiver.recv() => received,
+            _ = read_half.read(&mut byte) => return Ok(()),
+        };
+        let line = match received {
             Ok(event) => {
                 if !subscription.matches(&event) {
                     continue;
@@ -265,8 +293,22 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
-        write_half.write_all(line.as_bytes()).await?;
-        write_half.write_all(b"\n").await?;
+        send(&mut write_half, &line).await?;
+    }
+}
+
+/// Writes one line, and fails when the client has not taken all of it
+/// after [`WRITE_TIMEOUT`].
+async fn send(write_half: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(&bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client did not take a line within {} seconds", WRITE_TIMEOUT.as_secs()),
+        )),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     reader::{self, Namer},
     status::{self, PolicyStatus, ReadOnlyStatus, Status, WorkloadStatus},
     identity::workload_identities,
-    watch::PolicyWatcher,
+    watch::{PolicyWatcher, Trigger},
 };
 
 pub struct AgentOptions {
@@ -230,7 +230,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         last_cri: None,
         namespaces_checked: None,
         exec_targets: Vec::new(),
-        last_cri_error: None,
+        cri_health: crate::cri_health::CriHealth::new(options.cri_socket.clone()),
+        unlisted: Default::default(),
         retry_at: None,
         unlisted_since: Default::default(),
         read_only: Default::default(),
@@ -341,7 +342,8 @@ struct LoopState {
     exec_targets: Vec<String>,
     /// When the mount namespaces of read-only containers were last listed.
     namespaces_checked: Option<Instant>,
-    last_cri_error: Option<String>,
+    cri_health: crate::cri_health::CriHealth,
+    unlisted: crate::unlisted::UnlistedKeeper,
     /// When to look again soon because cgroups exist that the runtime did
     /// not list yet: a pod or container being created.
     retry_at: Option<Instant>,
@@ -372,6 +374,7 @@ impl LoopState {
         let mut scan_tick = tokio::time::interval(SCAN_INTERVAL);
         let mut policy_tick = tokio::time::interval(POLICY_POLL);
         let cgroup_changes = crate::cgroup_watch::spawn(self.attach.clone());
+        let policy_events = self.watcher.events();
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -384,11 +387,14 @@ impl LoopState {
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                _ = async { policy_events.as_ref().unwrap().settled().await }, if policy_events.is_some() => {
+                    self.reload_policies(Trigger::Events).await;
+                }
                 _ = hangup.recv() => {
                     info!("SIGHUP: reloading policies");
-                    self.reload_policies(true).await;
+                    self.reload_policies(Trigger::Signal).await;
                 }
-                _ = policy_tick.tick() => self.reload_policies(false).await,
+                _ = policy_tick.tick() => self.reload_policies(Trigger::Poll).await,
                 _ = scan_tick.tick() => {
                     self.reconcile(false).await;
                 }
@@ -401,14 +407,21 @@ impl LoopState {
         Ok(())
     }
 
-    async fn reload_policies(&mut self, forced: bool) {
-        let loaded = match self.watcher.poll(forced) {
-            None => return,
-            Some(Ok(policies)) => policies,
-            Some(Err(errors)) => {
+    async fn reload_policies(&mut self, trigger: Trigger) {
+        let Some(reload) = self.watcher.poll(trigger).await else {
+            return;
+        };
+        let loaded = match reload.result {
+            Ok(policies) => policies,
+            Err(errors) => {
                 for error in &errors {
                     error!(error = %error, "invalid policy; the previous policy set stays in force");
                 }
+                error!(
+                    trigger = trigger.as_str(),
+                    errors = errors.len(),
+                    "policy change rejected; the previous policy set stays in force"
+                );
                 let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
                 status.policy_reload_failures += 1;
                 status.policy_error = Some(
@@ -436,6 +449,12 @@ impl LoopState {
         if self.reconcile(true).await {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             self.enforcer.release_slots(&mut kernel, old_slots);
+            info!(
+                trigger = trigger.as_str(),
+                policies = self.enforcer.policies().len(),
+                took_us = reload.noticed.elapsed().as_micros() as u64,
+                "policy set reloaded: every workload entry in the kernel uses the new set"
+            );
         } else {
             // NOTE: without a fresh view of the workloads the old slots stay
             // allocated, so entries still pointing at them keep enforcing
@@ -458,8 +477,11 @@ impl LoopState {
         let containers_changed = scan.containers.len() != self.known_containers.len()
             || scan.containers.keys().any(|id| !self.known_containers.contains(id));
         let stale = self.last_cri.is_none_or(|at| at.elapsed() >= CRI_REFRESH);
-        if !forced && !containers_changed && !stale {
+        if !forced && !containers_changed && !stale && !self.unlisted.any_gone(&scan) {
             return true;
+        }
+        if !forced && !self.cri_health.may_try() {
+            return false;
         }
         let Some((pods, containers)) = self.list_workloads().await else {
             return false;
@@ -489,13 +511,15 @@ impl LoopState {
             .unwrap_or_else(|e| e.into_inner())
             .set_cgroups(identities);
         self.resolve_exec_rules(&pods, &containers, &scan.containers).await;
-        let desired = crate::enforce::desired_entries(
+        let mut desired = crate::enforce::desired_entries(
             self.enforcer.policies(),
             &pods,
             &containers,
             &scan.containers,
             &self.exec_rules.resolved(),
         );
+        self.unlisted
+            .carry_over(self.enforcer.applied(), &mut desired, &scan, &pods, &containers);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -835,45 +859,33 @@ impl LoopState {
     async fn list_workloads(
         &mut self,
     ) -> Option<(Vec<crate::cri::PodInfo>, Vec<crate::cri::ContainerInfo>)> {
-        if self.cri.is_none() {
-            match CriClient::connect(&self.cri_socket, Duration::from_secs(2)).await {
-                Ok(client) => {
-                    info!(socket = %self.cri_socket.display(), "connected to the container runtime");
-                    self.cri = Some(client);
-                }
-                Err(error) => {
-                    self.note_cri_error(error.to_string());
-                    return None;
-                }
-            }
+        let listed = self.ask_runtime().await;
+        match &listed {
+            Ok(_) => self.cri_health.succeeded(),
+            Err(message) => self.cri_health.failed(message.clone()),
         }
-        let cri = self.cri.as_ref()?;
-        let listed = async { Ok::<_, crate::cri::CriError>((cri.list_pods().await?, cri.list_workload_containers().await?)) };
-        match listed.await {
-            Ok(lists) => {
-                if self.last_cri_error.take().is_some() {
-                    info!(socket = %self.cri_socket.display(), "the container runtime responds again");
-                }
-                Some(lists)
-            }
-            Err(error) => {
-                self.note_cri_error(error.to_string());
-                self.cri = None;
-                None
-            }
-        }
+        self.status.write().unwrap_or_else(|e| e.into_inner()).cri = self.cri_health.status().clone();
+        listed.ok()
     }
 
-    /// Logs a runtime failure once per distinct message.
-    fn note_cri_error(&mut self, message: String) {
-        if self.last_cri_error.as_deref() != Some(message.as_str()) {
-            error!(
-                socket = %self.cri_socket.display(),
-                error = %message,
-                "failed to list workloads from the container runtime; enforcement stays as it was; retrying"
-            );
-            self.last_cri_error = Some(message);
+    /// Lists the pods and containers, connecting first when needed. Every
+    /// call has the CRI deadline of [`crate::cri::CriClient`].
+    async fn ask_runtime(
+        &mut self,
+    ) -> Result<(Vec<crate::cri::PodInfo>, Vec<crate::cri::ContainerInfo>), String> {
+        if self.cri.is_none() {
+            let client = CriClient::connect(&self.cri_socket, Duration::from_secs(2))
+                .await
+                .map_err(|error| error.to_string())?;
+            info!(socket = %self.cri_socket.display(), "connected to the container runtime");
+            self.cri = Some(client);
         }
+        let cri = self.cri.clone().ok_or("no runtime client")?;
+        let listed = async { Ok::<_, crate::cri::CriError>((cri.list_pods().await?, cri.list_workload_containers().await?)) };
+        listed.await.map_err(|error| {
+            self.cri = None;
+            error.to_string()
+        })
     }
 
     fn update_status(&self) {

@@ -170,9 +170,23 @@ impl Enforcer {
     }
 
     /// Clears slots no cgroup entry refers to any more and makes them free
-    /// again, at the back of the queue so that they are reused last.
+    /// again, at the back of the queue so that they are reused last. A slot
+    /// that an entry still refers to, such as the entry of a workload the
+    /// runtime no longer lists, waits for a later call.
     pub fn release_slots(&mut self, kernel: &mut Kernel, slots: Vec<u32>) {
+        let referenced: HashSet<u32> = self
+            .applied
+            .values()
+            .flat_map(|entry| {
+                let count = (entry.policies.count as usize).min(MAX_POLICIES_PER_CGROUP);
+                entry.policies.slots[..count].iter().copied()
+            })
+            .collect();
         for slot in slots {
+            if referenced.contains(&slot) {
+                self.deferred.push(slot);
+                continue;
+            }
             if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
             }

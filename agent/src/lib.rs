@@ -3,11 +3,14 @@
 
 pub mod adopt;
 pub mod api;
+pub mod api_admission;
 pub mod btf;
 pub mod cgroup_watch;
 pub mod cgroups;
 pub mod cri;
+pub mod cri_health;
 pub mod daemon;
+pub mod dir_events;
 pub mod enforce;
 pub mod event;
 pub mod exec_rules;
@@ -25,4 +28,5 @@ pub mod reader;
 pub mod readonly;
 pub mod status;
 pub mod tail;
+pub mod unlisted;
 pub mod watch;

@@ -267,6 +267,15 @@ fn write_policies(out: &mut String, status: &crate::status::Status) {
     );
     let _ = writeln!(out, "# TYPE parapet_policy_reload_failed gauge");
     let _ = writeln!(out, "parapet_policy_reload_failed {}", u8::from(status.policy_error.is_some()));
+    let _ = writeln!(
+        out,
+        "# HELP parapet_cri_up 1 while the container runtime responds; at 0 every kernel entry stays as it was."
+    );
+    let _ = writeln!(out, "# TYPE parapet_cri_up gauge");
+    let _ = writeln!(out, "parapet_cri_up {}", u8::from(status.cri.up));
+    let _ = writeln!(out, "# HELP parapet_cri_errors_total Failed attempts to list the workloads from the container runtime.");
+    let _ = writeln!(out, "# TYPE parapet_cri_errors_total counter");
+    let _ = writeln!(out, "parapet_cri_errors_total {}", status.cri.failures);
 }
 
 /// Writes the agent's build and its own CPU time, memory and descriptors.

@@ -48,6 +48,9 @@ pub struct Status {
     pub kernel_counter_cgroups: BTreeSet<u64>,
     /// The last policy reload error, if the last reload failed.
     pub policy_error: Option<String>,
+    /// Whether the container runtime responds.
+    #[serde(default)]
+    pub cri: crate::cri_health::CriStatus,
     /// Containers that exec policies select.
     #[serde(default)]
     pub exec: Vec<ExecStatus>,
@@ -157,6 +160,19 @@ pub fn render_text(status: &Status) -> String {
     let _ = writeln!(out, "reload errors:  {}", status.policy_reload_failures);
     let _ = writeln!(out, "attached to:    {}", status.attach_cgroup);
     let _ = writeln!(out, "pinned in:      {} (generation {})", status.pin_dir, status.generation);
+    match (&status.cri.error, &status.cri.down_since) {
+        (Some(error), since) => {
+            let _ = writeln!(
+                out,
+                "runtime:        DOWN since {} ({} failures), kernel entries kept as they were: {error}",
+                since.as_deref().unwrap_or("?"),
+                status.cri.failures
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(out, "runtime:        up at {}", status.cri.socket);
+        }
+    }
     for choice in &status.backends {
         let _ = writeln!(
             out,

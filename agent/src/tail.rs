@@ -82,7 +82,8 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
     let stream = connect(socket).await?;
     let (read_half, mut write_half) = stream.into_split();
     let request = serde_json::to_string(&Request::Follow(subscription))?;
-    write_half.write_all(format!("{request}\n").as_bytes()).await?;
+    // A refused client may fail to send while the agent's reply waits.
+    let sent = write_half.write_all(format!("{request}\n").as_bytes()).await;
     let mut lines = BufReader::new(read_half).lines();
     let stdout = std::io::stdout();
     while let Some(line) = lines.next_line().await? {
@@ -110,6 +111,7 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
         }
         out.flush()?;
     }
+    sent.context("failed to send the request to the agent")?;
     anyhow::bail!("the agent closed the event stream (did it stop or restart?)")
 }
 
@@ -186,12 +188,22 @@ pub async fn status(socket: &Path) -> anyhow::Result<crate::status::Status> {
     let stream = connect(socket).await?;
     let (read_half, mut write_half) = stream.into_split();
     let request = serde_json::to_string(&Request::Status {})?;
-    write_half.write_all(format!("{request}\n").as_bytes()).await?;
+    // An agent that refuses the client replies and closes at once, so the
+    // request may fail to send while the reply is there to read.
+    let sent = write_half.write_all(format!("{request}\n").as_bytes()).await;
     let mut lines = BufReader::new(read_half).lines();
     let line = tokio::time::timeout(STATUS_TIMEOUT, lines.next_line())
         .await
-        .map_err(|_| anyhow::anyhow!("the agent sent no status within {STATUS_TIMEOUT:?}"))??
-        .context("the agent closed the connection without a status")?;
+        .map_err(|_| anyhow::anyhow!("the agent sent no status within {STATUS_TIMEOUT:?}"))??;
+    let Some(line) = line else {
+        sent.context("failed to send the status request to the agent")?;
+        anyhow::bail!("the agent closed the connection without a status");
+    };
+    if let Ok(reply) = serde_json::from_str::<serde_json::Value>(&line)
+        && let Some(message) = reply.get("error").and_then(|m| m.as_str())
+    {
+        anyhow::bail!("the agent rejected the request: {message}");
+    }
     serde_json::from_str(&line).with_context(|| format!("invalid status from the agent: {line}"))
 }
 

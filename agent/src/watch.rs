@@ -1,71 +1,149 @@
 //! Noticing policy changes in the policy directory.
 //!
-//! The directory is polled: the contents of every visible policy file are
-//! hashed, so both an edit in place and a Kubernetes ConfigMap update (an
-//! atomic swap of the `..data` symlink that the visible files point
-//! through) change the fingerprint.
+//! Three things make the agent look: inotify events on the directory (see
+//! [`crate::dir_events`]), a poll every second for file systems without
+//! inotify and for symlinks that lead out of the directory, and SIGHUP.
+//! Each look reads every policy file twice, [`RECHECK`] apart, and loads
+//! the second reading only when both match, path, symlink target and bytes.
+//! A set read while a person or the kubelet was still writing it is
+//! therefore never loaded: the next event or poll looks again.
 
 use std::{
-    fs,
-    hash::{DefaultHasher, Hash as _, Hasher as _},
-    path::PathBuf,
+    hash::{DefaultHasher, Hasher as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use crate::policy::{self, Policy, PolicyError};
+use tracing::debug;
+
+use crate::{
+    dir_events::DirEvents,
+    policy::{self, FileContents, Policy, PolicyError},
+};
+
+/// Gap between the two readings of the directory.
+pub const RECHECK: Duration = Duration::from_millis(10);
+
+/// The cause of a look at the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// inotify events that have settled.
+    Events,
+    /// The poll every second.
+    Poll,
+    /// SIGHUP: load even when nothing changed.
+    Signal,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "inotify",
+            Self::Poll => "poll",
+            Self::Signal => "SIGHUP",
+        }
+    }
+}
+
+/// A policy set read from the directory.
+pub struct Reload {
+    pub result: Result<Vec<Policy>, Vec<PolicyError>>,
+    /// When the change was first noticed: the first inotify event of the
+    /// burst, else the start of this look.
+    pub noticed: Instant,
+}
 
 pub struct PolicyWatcher {
     dir: PathBuf,
     /// Fingerprint of the directory as last loaded or rejected.
     fingerprint: Option<u64>,
+    events: Option<Arc<DirEvents>>,
 }
 
 impl PolicyWatcher {
+    /// Starts watching `dir` with inotify, where the kernel offers it.
     pub fn new(dir: PathBuf) -> Self {
+        let events = DirEvents::spawn(&dir);
         Self {
             dir,
             fingerprint: None,
+            events,
         }
+    }
+
+    /// The inotify events of the directory, or `None` when only the poll
+    /// finds changes.
+    pub fn events(&self) -> Option<Arc<DirEvents>> {
+        self.events.clone()
     }
 
     /// Loads the directory for the first time.
     pub fn load_initial(&mut self) -> Result<Vec<Policy>, Vec<PolicyError>> {
-        self.fingerprint = Some(self.fingerprint_now());
-        policy::load_dir(&self.dir)
+        let files = policy::read_dir_files(&self.dir).map_err(|error| vec![error])?;
+        self.fingerprint = Some(fingerprint(&files));
+        policy::load_files(&files)
     }
 
     /// Loads the directory again when its contents changed since the last
-    /// load, or when `forced`. Returns `None` when nothing changed. A
-    /// rejected set is not reported again until the files change.
-    pub fn poll(&mut self, forced: bool) -> Option<Result<Vec<Policy>, Vec<PolicyError>>> {
-        let now = self.fingerprint_now();
-        if !forced && self.fingerprint == Some(now) {
+    /// load, or for [`Trigger::Signal`]. Returns `None` when nothing
+    /// changed, or when the directory was still changing. A rejected set is
+    /// not reported again until the files change.
+    pub async fn poll(&mut self, trigger: Trigger) -> Option<Reload> {
+        let started = Instant::now();
+        // The poll is the fallback: a change inotify saw is loaded once its
+        // events settle.
+        if trigger == Trigger::Poll
+            && self
+                .events
+                .as_ref()
+                .is_some_and(|events| events.is_pending())
+        {
             return None;
         }
-        self.fingerprint = Some(now);
-        Some(policy::load_dir(&self.dir))
+        let burst = self.events.as_ref().and_then(|events| events.take());
+        let noticed = burst.map_or(started, |burst| burst.first);
+        let first = self.read();
+        if trigger != Trigger::Signal && self.fingerprint == Some(first.0) {
+            return None;
+        }
+        tokio::time::sleep(RECHECK).await;
+        let (second, files) = self.read();
+        if second != first.0 {
+            // The next event, or the next poll, looks again.
+            debug!(dir = %self.dir.display(), "the policy directory is still changing; looking again later");
+            return None;
+        }
+        self.fingerprint = Some(second);
+        let result = match files {
+            Ok(files) => policy::load_files(&files),
+            Err(error) => Err(vec![error]),
+        };
+        Some(Reload { result, noticed })
     }
 
-    fn fingerprint_now(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            0u8.hash(&mut hasher);
-            return hasher.finish();
+    fn read(&self) -> (u64, Result<Vec<FileContents>, PolicyError>) {
+        let files = policy::read_dir_files(&self.dir);
+        let fingerprint = match &files {
+            Ok(files) => fingerprint(files),
+            Err(error) => hash_of(error),
         };
-        let mut files: Vec<(String, Vec<u8>)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    return None;
-                }
-                // A read error is part of the fingerprint too: it changes
-                // when the file becomes readable again.
-                let contents = fs::read(entry.path()).unwrap_or_else(|e| e.to_string().into_bytes());
-                Some((name, contents))
-            })
-            .collect();
-        files.sort();
-        files.hash(&mut hasher);
-        hasher.finish()
+        (fingerprint, files)
     }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Hashes what was read: names, symlink targets and bytes, or the read
+/// errors, which change when a file becomes readable again.
+fn fingerprint(files: &[FileContents]) -> u64 {
+    hash_of(files)
+}
+
+fn hash_of(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }

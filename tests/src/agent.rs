@@ -69,6 +69,9 @@ pub struct Agent {
     bpffs: PrivateBpffs,
     /// Starts of the agent so far; each writes its own output files.
     runs: u32,
+    /// The CRI socket the agent connects to: containerd's, unless the test
+    /// set another with [`Agent::start_with_cri`].
+    cri_socket: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
@@ -77,18 +80,38 @@ impl Agent {
     /// Writes `policies` (file name, YAML) into a fresh policy directory and
     /// starts the agent on `containerd`'s socket and cgroup.
     pub fn start(containerd: &Containerd, policies: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(containerd, |policy_dir| {
+            for (name, yaml) in policies {
+                fs::write(policy_dir.join(name), yaml)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates a fresh policy directory, lets `fill` write into it, and
+    /// starts the agent on `containerd`'s socket and cgroup.
+    pub fn start_with(containerd: &Containerd, fill: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+        Self::start_with_cri(containerd, containerd.socket(), fill)
+    }
+
+    /// Like [`Agent::start_with`], with the agent asking `cri_socket`, such
+    /// as a proxy the test controls, for pods and containers.
+    pub fn start_with_cri(
+        containerd: &Containerd,
+        cri_socket: &Path,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let dir = containerd.dir().join(format!("agent-{}", unique_suffix()));
         let policy_dir = dir.join("policies");
         fs::create_dir_all(&policy_dir)?;
-        for (name, yaml) in policies {
-            fs::write(policy_dir.join(name), yaml)?;
-        }
+        fill(&policy_dir)?;
         let mut agent = Self {
             child: None,
             api_socket: dir.join("api.sock"),
             metrics_address: free_loopback_port()?,
             bpffs: PrivateBpffs::mount(&dir.join("bpffs"))?,
             runs: 1,
+            cri_socket: cri_socket.to_owned(),
             stdout_path: dir.join("stdout.jsonl"),
             stderr_path: dir.join("stderr.log"),
             policy_dir,
@@ -145,7 +168,7 @@ impl Agent {
             .arg("--policy-dir")
             .arg(&self.policy_dir)
             .arg("--cri-socket")
-            .arg(containerd.socket())
+            .arg(&self.cri_socket)
             .arg("--cgroup-root")
             .arg(containerd.cgroup().v2_path())
             .arg("--metrics-address")

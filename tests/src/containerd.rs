@@ -149,6 +149,39 @@ impl Containerd {
         &self.cgroup
     }
 
+    /// Stops containerd with SIGTERM, as a node's containerd stops before a
+    /// restart. Pods keep running, because their shims outlive containerd.
+    /// [`Containerd::start_again`] brings it back.
+    pub fn stop_runtime(&mut self) -> Result<()> {
+        let teardown = self.teardown.as_mut().context("containerd was already cleaned up")?;
+        if let Some(mut child) = teardown.containerd.take()
+            && let Some(problem) = crate::teardown::stop_process(&mut child)
+        {
+            bail!("failed to stop containerd: {problem}");
+        }
+        Ok(())
+    }
+
+    /// Starts containerd again on the same configuration after
+    /// [`Containerd::stop_runtime`]. Clients made before, such as a
+    /// [`crate::Pod`]'s, connect again on their next call.
+    pub async fn start_again(&mut self) -> Result<()> {
+        let teardown = self.teardown.as_mut().context("containerd was already cleaned up")?;
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("failed to spawn containerd again")?;
+        self.pid = child.id();
+        teardown.containerd = Some(child);
+        self.cri = wait_until_ready(teardown).await?;
+        Ok(())
+    }
+
     /// Removes all pods, stops containerd and removes the bridge, the
     /// cgroups, the mounts and the folder. Fails, listing them, when
     /// anything could not be removed.

@@ -25,8 +25,11 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod attempts;
 pub mod cgroup;
+pub mod configmap;
 pub mod containerd;
+pub mod fake_cri;
 pub mod image;
 pub mod mountinfo;
 pub mod network;

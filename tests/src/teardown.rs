@@ -183,7 +183,7 @@ fn remove_pod_sandboxes(socket: &Path) -> Vec<String> {
 }
 
 /// Sends SIGTERM, then SIGKILL after [`TERM_GRACE`], and reaps the process.
-fn stop_process(child: &mut Child) -> Option<String> {
+pub(crate) fn stop_process(child: &mut Child) -> Option<String> {
     if let Ok(Some(_)) = child.try_wait() {
         return None;
     }

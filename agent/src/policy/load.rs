@@ -32,7 +32,7 @@ impl Position {
 /// An error in a policy file. `Display` writes `FILE:LINE:COLUMN: MESSAGE`,
 /// and the message starts with the field path (such as
 /// `spec.network.egress[0].to[1].cidr: `) when the error is about a field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("{}:{}:{}: {message}", file.display(), position.line, position.column)]
 pub struct PolicyError {
     pub file: PathBuf,
@@ -75,12 +75,48 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<Vec<Policy>, PolicyError> {
 /// names, at most [`MAX_POLICIES`]), or the result is every error found, so
 /// that a caller can keep the policies it had before.
 pub fn load_dir(dir: impl AsRef<Path>) -> Result<Vec<Policy>, Vec<PolicyError>> {
-    let dir = dir.as_ref();
-    let files = policy_files(dir).map_err(|error| vec![error])?;
+    let files = read_dir_files(dir.as_ref()).map_err(|error| vec![error])?;
+    load_files(&files)
+}
+
+/// A policy file of a directory, read at one moment: its bytes, or the
+/// error that reading it gave.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileContents {
+    /// The path in the directory, as errors name it.
+    pub path: PathBuf,
+    /// The path with every symbolic link resolved, or `None` when it cannot
+    /// be resolved. It changes when a ConfigMap's `..data` link is swapped.
+    pub resolved: Option<PathBuf>,
+    pub bytes: Result<Vec<u8>, PolicyError>,
+}
+
+/// Reads the policy files of a directory that [`load_dir`] reads, so that
+/// the caller can compare two readings before it loads one with
+/// [`load_files`]. Fails only when the directory cannot be listed.
+pub fn read_dir_files(dir: &Path) -> Result<Vec<FileContents>, PolicyError> {
+    let files = policy_files(dir)?;
+    Ok(files
+        .into_iter()
+        .map(|path| FileContents {
+            resolved: fs::canonicalize(&path).ok(),
+            bytes: read_bytes(&path),
+            path,
+        })
+        .collect())
+}
+
+/// Parses and checks files read by [`read_dir_files`] as one set, with the
+/// same result as [`load_dir`] would give for those contents.
+pub fn load_files(files: &[FileContents]) -> Result<Vec<Policy>, Vec<PolicyError>> {
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        match read_file(&file) {
+        let parsed = match &file.bytes {
+            Ok(bytes) => parse_bytes(&file.path, bytes.clone()),
+            Err(error) => Err(vec![error.clone()]),
+        };
+        match parsed {
             Ok(file_policies) => policies.extend(file_policies),
             Err(file_errors) => errors.extend(file_errors),
         }
@@ -255,7 +291,13 @@ fn first_error(errors: Vec<PolicyError>) -> PolicyError {
 
 /// Reads one file: its size, its encoding, then its documents.
 fn read_file(path: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
-    let file_error = |message: String| vec![PolicyError::new(path, Position::FILE_START, message)];
+    let bytes = read_bytes(path).map_err(|error| vec![error])?;
+    parse_bytes(path, bytes)
+}
+
+/// Reads the bytes of one file, up to the size limit.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    let file_error = |message: String| PolicyError::new(path, Position::FILE_START, message);
     let file = fs::File::open(path)
         .map_err(|error| file_error(format!("failed to read policy file: {error}")))?;
     // Read one byte past the limit, so that a file that grows while it is
@@ -270,6 +312,11 @@ fn read_file(path: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
              into several files"
         )));
     }
+    Ok(bytes)
+}
+
+/// Checks the encoding of a file's bytes, then parses its documents.
+fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Vec<Policy>, Vec<PolicyError>> {
     let text = String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let valid = std::str::from_utf8(valid).expect("prefix is valid UTF-8");

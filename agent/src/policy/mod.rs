@@ -108,7 +108,8 @@ mod select;
 mod yaml;
 
 pub use load::{
-    CheckReport, FileReport, PolicyError, Position, check_files, load_dir, load_file, parse_str,
+    CheckReport, FileContents, FileReport, PolicyError, Position, check_files, load_dir, load_file,
+    load_files, parse_str, read_dir_files,
 };
 pub use merge::{
     ExecDecision, ExecEntry, ExecPlan, PolicyExec, ReadOnlyPlan, evaluate_exec, exec_plan,

@@ -9,6 +9,7 @@
 //! netprobe flood udp ADDR PORT COUNT   COUNT sendto() calls as fast as it can; prints the outcomes
 //! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
 //! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
+//! netprobe attempts STOP WRITE ADDR:PORT...  connects and a file creation in a loop (see `attempts`)
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
@@ -20,6 +21,7 @@
 //! `unsupported: ...` when the kernel lacks the opcode (exit 3), or
 //! `io_uring unavailable: ...` when the ring cannot be set up (exit 4).
 
+mod attempts;
 mod held;
 mod uring;
 
@@ -45,7 +47,8 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe uring openat-write|write|fallocate|splice|ftruncate|unlinkat|mkdirat PATH\n       \
                      netprobe uring renameat|linkat FROM TO\n       \
                      netprobe uring symlinkat TARGET LINK\n       \
-                     netprobe held PATH TRIGGER RESULT";
+                     netprobe held PATH TRIGGER RESULT\n       \
+                     netprobe attempts STOP WRITE ADDR:PORT...";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -70,6 +73,16 @@ fn main() -> ExitCode {
         Ok(Command::ExecMemfd(program)) => report(exec_memfd(program)),
         Ok(Command::Uring(operation, paths)) => report_uring(&operation, &paths),
         Ok(Command::Held(path, trigger, result)) => report(held::run(&path, &trigger, &result)),
+        Ok(Command::Attempts(stop, write, peers)) => {
+            let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
+            match attempts::run(&stop, &write, &peers) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("netprobe: {message}\n{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Err(message) => {
             eprintln!("netprobe: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -103,6 +116,8 @@ enum Command {
     Uring(String, Vec<String>),
     /// Changes through a descriptor opened before a trigger file appears.
     Held(String, String, String),
+    /// Connects and a file creation in a loop, until a stop file appears.
+    Attempts(String, String, Vec<String>),
 }
 
 #[derive(Clone, Copy)]
@@ -158,6 +173,11 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         ["held", path, trigger, result] => {
             Ok(Command::Held((*path).to_owned(), (*trigger).to_owned(), (*result).to_owned()))
         }
+        ["attempts", stop, write, peers @ ..] => Ok(Command::Attempts(
+            (*stop).to_owned(),
+            (*write).to_owned(),
+            peers.iter().map(|peer| (*peer).to_owned()).collect(),
+        )),
         _ => Err(format!("invalid arguments {args:?}")),
     }
 }
