@@ -518,6 +518,7 @@ impl LoopState {
             &scan.containers,
             &self.exec_rules.resolved(),
         );
+        self.enforcer.name_adopted(&scan.containers);
         self.unlisted
             .carry_over(self.enforcer.applied(), &mut desired, &scan, &pods, &containers);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());

@@ -99,6 +99,28 @@ impl Enforcer {
         enforcer
     }
 
+    /// Gives adopted entries, whose identity the pinned maps do not keep,
+    /// the container id and pod uid their cgroup names, so that an entry of
+    /// a workload the runtime no longer lists is kept like any other.
+    pub fn name_adopted(&mut self, cgroups: &HashMap<String, ContainerCgroup>) {
+        for (cgroup_id, entry) in &mut self.applied {
+            if entry.identity != Identity::default() {
+                continue;
+            }
+            for cgroup in cgroups.values() {
+                if cgroup.id == *cgroup_id {
+                    entry.identity.container_id = Some(cgroup.container_id.clone());
+                    entry.identity.pod_uid = cgroup.pod.as_ref().map(|pod| pod.uid.clone()).unwrap_or_default();
+                    break;
+                }
+                if let Some(pod) = cgroup.pod.as_ref().filter(|pod| pod.id == *cgroup_id) {
+                    entry.identity.pod_uid = pod.uid.clone();
+                    break;
+                }
+            }
+        }
+    }
+
     /// Keeps replaced slots until the next successful `apply`.
     pub fn defer_release(&mut self, slots: Vec<u32>) {
         self.deferred.extend(slots);
