@@ -108,7 +108,8 @@ mod select;
 mod yaml;
 
 pub use load::{
-    CheckReport, FileReport, PolicyError, Position, check_files, load_dir, load_file, parse_str,
+    CheckReport, FileReport, PolicyError, Position, check_files, check_sources, load_dir,
+    load_file, parse_bytes, parse_str,
 };
 pub use merge::{
     ExecDecision, ExecEntry, ExecPlan, PolicyExec, ReadOnlyPlan, evaluate_exec, exec_plan,
