@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use super::model::{NetworkPolicy, Policy};
 use super::schema::PolicyDocument;
@@ -354,17 +355,29 @@ pub fn parse_str(text: &str, source: &Path) -> Result<Vec<Policy>, Vec<PolicyErr
     let mut errors = Vec::new();
     // serde_yaml consumes a document when it deserializes it, so each pass
     // over a document has its own stream.
+    let syntax_pass = serde_yaml::Deserializer::from_str(text);
     let scan_pass = serde_yaml::Deserializer::from_str(text);
     let model_pass = serde_yaml::Deserializer::from_str(text);
     let name_pass = serde_yaml::Deserializer::from_str(text);
-    let passes = scan_pass.zip(model_pass).zip(name_pass);
+    let passes = syntax_pass.zip(scan_pass).zip(model_pass).zip(name_pass);
     let budget = NodeBudget::new();
-    for (index, ((scan_document, model_document), name_document)) in passes.enumerate() {
+    for (index, documents) in passes.enumerate() {
+        let (((syntax_document, scan_document), model_document), name_document) = documents;
         let error_at = |error: &serde_yaml::Error, prefix: &str| {
             let (position, message) = yaml::split_error(error);
             let position = position.unwrap_or_else(|| document_start(text, index));
             PolicyError::new(source, position, format!("{prefix}{message}"))
         };
+        // serde_yaml (0.9.34) stops loading a document at its first YAML
+        // error, such as an unknown anchor, but still hands the nodes
+        // before it to a visitor, so a check could fail first and hide the
+        // YAML error. Reading the next document then panics, because the
+        // parser stopped inside this one. So each document is first read
+        // without any check, and its YAML error ends the file.
+        if let Err(error) = IgnoredAny::deserialize(syntax_document) {
+            errors.push(error_at(&error, "invalid YAML: "));
+            break;
+        }
         match yaml::scan_document(scan_document, &budget) {
             Ok(Scan::Empty) => continue,
             Ok(Scan::Content) => {}
@@ -827,6 +840,24 @@ spec:
         assert_eq!(
             errors(&text),
             ["policies/db.yaml:21:1: missing field `kind`"]
+        );
+    }
+
+    /// Found by the `policy_file` fuzz target: the duplicate key was
+    /// reported, and reading on after the unknown anchor panicked.
+    #[test]
+    fn unknown_anchor_after_duplicate_key() {
+        assert_eq!(
+            errors("k:\nk: *n"),
+            ["policies/db.yaml:2:4: invalid YAML: unknown anchor"]
+        );
+        assert_eq!(
+            errors("a: 1\n---\nk:\nk: *n\n---\nb: 2\n"),
+            [
+                "policies/db.yaml:1:1: unknown field `a`, expected one of `apiVersion`, `kind`, \
+                 `metadata`, `spec`",
+                "policies/db.yaml:4:4: invalid YAML: unknown anchor"
+            ]
         );
     }
 
