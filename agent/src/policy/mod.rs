@@ -56,7 +56,12 @@
 //! not deny the programs in `/usr/bin`.
 //!
 //! Unknown fields and duplicate keys are errors, so that a typo can never
-//! switch enforcement off. Every error names the file, the line and the
+//! switch enforcement off. A field that takes a string rejects a plain
+//! number, boolean or tagged value (`42`, `true`, `!x name`): quote it. A
+//! file has at most [`MAX_FILE_BYTES`] bytes, lists and mappings nest at
+//! most 128 levels deep, and a file has at most a million nodes once its
+//! aliases (`*name`) are expanded, which bounds the work a small file can
+//! cause. Every error names the file, the line and the
 //! column (1-based, columns counted in characters), and the field path where
 //! one exists: see [`PolicyError`].
 //!
