@@ -139,6 +139,10 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Maximum number of policies in the loaded set, across all files.
 pub const MAX_POLICIES: usize = 256;
 
+// A new set is written into free kernel policy slots while the set it
+// replaces still holds its own, so the slots must fit two full sets.
+const _: () = assert!(2 * MAX_POLICIES <= parapet_common::MAX_POLICY_SLOTS as usize);
+
 /// Maximum number of entries in `spec.filesystem.writablePaths`.
 pub const MAX_WRITABLE_PATHS: usize = 64;
 
