@@ -47,8 +47,8 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
                 break;
             };
             drained = false;
-            let record = match event::decode(&item) {
-                Ok(record) => record,
+            let event = match namer.decode(&item, &clock) {
+                Ok(event) => event,
                 Err(error) => {
                     undecodable += 1;
                     if undecodable.is_power_of_two() {
@@ -61,7 +61,7 @@ pub async fn run(ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> 
             // emitted, in writable paths and /dev too. The path text alone
             // cannot tell which mount a file is on (`/tmp/link` may lead to
             // the root), and events must agree with the kernel's counters.
-            sink.emit(namer.name(&record, &clock));
+            sink.emit(event);
         }
         if drained {
             guard.clear_ready();
@@ -100,7 +100,9 @@ fn file_detail(file: &parapet_common::file::FileEvent) -> Option<String> {
         name.to_owned()
     };
     if file.ret < 0 {
-        let error = std::io::Error::from_raw_os_error((-file.ret).clamp(0, i32::MAX as i64) as i32);
+        // `unsigned_abs`, because `-file.ret` overflows for `i64::MIN`.
+        let errno = i32::try_from(file.ret.unsigned_abs()).unwrap_or(i32::MAX);
+        let error = std::io::Error::from_raw_os_error(errno);
         Some(format!("{call} returned {error}"))
     } else if file.path.len == 0 {
         Some(call)
@@ -145,12 +147,13 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Wall-clock time of a boot-time timestamp.
-struct Clock {
+pub struct Clock {
     realtime_minus_boottime_ns: i128,
 }
 
 impl Clock {
-    fn now() -> Self {
+    /// Reads the current offset between the wall clock and the boot clock.
+    pub fn now() -> Self {
         let realtime = clock_ns(libc::CLOCK_REALTIME);
         let boottime = clock_ns(libc::CLOCK_BOOTTIME);
         Self {
@@ -176,6 +179,14 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Namer {
+    /// Decodes one ring buffer record into the event the reader emits for
+    /// it. Any byte string is accepted: a record that does not decode is an
+    /// error.
+    pub fn decode(&self, bytes: &[u8], clock: &Clock) -> Result<Event, event::DecodeError> {
+        let record = event::decode(bytes)?;
+        Ok(self.name(&record, clock))
+    }
+
     fn name(&self, record: &Record, clock: &Clock) -> Event {
         let header = record.header();
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -280,5 +291,60 @@ impl Namer {
             resolved_path,
             path_truncated,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parapet_common::{EventHeader, ExecPath, MAX_EXEC_PATH, NO_RULE, file};
+
+    use super::*;
+
+    fn file_event(ret: i64) -> file::FileEvent {
+        let empty = ExecPath {
+            len: 0,
+            truncated: 0,
+            bytes: [0; MAX_EXEC_PATH],
+        };
+        file::FileEvent {
+            header: EventHeader {
+                kind: EventKind::File as u32,
+                verdict: 1,
+                boot_time_ns: 0,
+                cgroup_id: 0,
+                policed_cgroup_id: 0,
+                tid: 1,
+                pid: 1,
+                policy_slot: 0,
+                rule: NO_RULE,
+                comm: [0; 16],
+            },
+            op: file::op::OPENAT,
+            dirfd: 3,
+            ret,
+            path: empty,
+            binary: empty,
+        }
+    }
+
+    #[test]
+    fn file_detail_names_the_error() {
+        assert_eq!(
+            file_detail(&file_event(-13)).as_deref(),
+            Some("openat on descriptor 3 returned Permission denied (os error 13)")
+        );
+    }
+
+    /// Found by the `event_record` fuzz target: negating `i64::MIN`
+    /// overflowed, which panics with overflow checks and gave errno 0
+    /// without them.
+    #[test]
+    fn file_detail_of_most_negative_return() {
+        let detail = file_detail(&file_event(i64::MIN)).unwrap();
+        assert!(
+            detail.starts_with("openat on descriptor 3 returned "),
+            "{detail}"
+        );
+        assert!(detail.ends_with("(os error 2147483647)"), "{detail}");
     }
 }

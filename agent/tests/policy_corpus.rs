@@ -155,15 +155,17 @@ fn good_records_db_policies_combine() {
 fn bad_policies_fail_as_expected() {
     let files = corpus_files("bad", "yaml");
     assert!(
-        files.len() >= 15,
-        "expected at least 15 bad files, found {}",
+        files.len() >= 50,
+        "expected at least 50 bad files, found {}",
         files.len()
     );
     let mut mismatches = Vec::new();
     for file in &files {
         let expected_file = file.with_extension("expected");
-        let expected = fs::read_to_string(&expected_file)
-            .unwrap_or_else(|error| panic!("failed to read {}: {error}", expected_file.display()));
+        let Ok(expected) = fs::read_to_string(&expected_file) else {
+            mismatches.push(format!("{} has no readable .expected file", file.display()));
+            continue;
+        };
         let actual = check_output(file);
         if actual.trim_end() != expected.trim_end() {
             mismatches.push(format!(

@@ -81,3 +81,58 @@ fn check_reports_a_missing_file() -> Result<()> {
     assert!(output.contains("tests/policies/no-such-file.yaml:1:1:"), "{output}");
     Ok(())
 }
+
+/// Every `NAME.yaml` in `tests/policies/bad/` through the binary: the
+/// output must be exactly `NAME.expected`, and the exit status a failure.
+#[test]
+fn check_output_matches_every_bad_case() -> Result<()> {
+    let bad = repo_root().join("tests/policies/bad");
+    let mut names: Vec<String> = std::fs::read_dir(&bad)?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    let cases: Vec<&str> = names.iter().filter_map(|name| name.strip_suffix(".yaml")).collect();
+    assert!(cases.len() >= 50, "expected at least 50 bad cases, found {}", cases.len());
+    let mut mismatches = Vec::new();
+    for case in &cases {
+        let file = format!("tests/policies/bad/{case}.yaml");
+        let expected = std::fs::read_to_string(bad.join(format!("{case}.expected")))
+            .map_err(|error| anyhow::anyhow!("{file} has no .expected file: {error}"))?;
+        let (success, output) = policy_check(&[&file])?;
+        if success {
+            mismatches.push(format!("{file}: the check passed:\n{output}"));
+        } else if output != expected {
+            mismatches.push(format!("{file}:\n  expected: {expected}  actual:   {output}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{} of {} cases differ:\n{}", mismatches.len(), cases.len(), mismatches.join("\n"));
+    Ok(())
+}
+
+/// A file one byte over the 1 MiB limit is rejected before it is parsed.
+#[test]
+fn check_rejects_file_over_size_limit() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("parapet-policy-size-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("large.yaml");
+    let mut text = std::fs::read_to_string(repo_root().join("tests/policies/good/clinic.yaml"))?;
+    text.push_str(&"#".repeat((1 << 20) - text.len()));
+    text.push('\n');
+    std::fs::write(&file, &text)?;
+    let output = Command::new(parapet_tests::agent::parapet_bin()?)
+        .args(["policy", "check"])
+        .arg(&file)
+        .output()?;
+    std::fs::remove_dir_all(&dir)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}:1:1: policy file is larger than the limit of 1048576 bytes (1 MiB). Split it into \
+             several files\n",
+            file.display()
+        )
+    );
+    Ok(())
+}

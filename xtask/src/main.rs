@@ -1,6 +1,8 @@
-//! Developer and CI tasks: `cargo xtask setup`, `test`, `vm-test` and `demo`.
+//! Developer and CI tasks: `cargo xtask setup`, `test`, `fuzz`, `vm-test` and
+//! `demo`.
 
 mod deploy_checks;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -25,6 +27,16 @@ enum Command {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Set up, then fuzz the policy parser and the event decoder with
+    /// `cargo fuzz`; fails if a target crashes.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (`policy_file`, `policy_set`, `event_record`).
+        /// Default: every target.
+        targets: Vec<String>,
+    },
     /// Set up, build, and run the end-to-end tests that need BPF LSM inside
     /// QEMU guests booting Debian's 6.1 and 6.12 cloud kernels (needs root).
     VmTest {
@@ -48,6 +60,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test { test_args } => {
             setup::run()?;
             test::run(&test_args)
+        }
+        Command::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(seconds, &targets)
         }
         Command::VmTest { kernels, filters } => {
             setup::run()?;

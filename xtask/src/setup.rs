@@ -35,6 +35,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     debian_packages()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -132,6 +133,34 @@ fn bpf_linker() -> anyhow::Result<()> {
         install.env(format!("LLVM_SYS_{major}{minor}_PREFIX"), &prefix);
     }
     run_command(&mut install)
+}
+
+/// The cargo-fuzz release that `cargo xtask fuzz` runs.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz, built with the versions of its dependencies that
+/// its release pinned. It runs on the stable toolchain: `cargo xtask fuzz`
+/// sets RUSTC_BOOTSTRAP=1 for the `-Z` flags it passes.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| {
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout).trim()
+                    == format!("cargo-fuzz {CARGO_FUZZ_VERSION}")
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run_command(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 /// Makes a folder that looks like an LLVM install to bpf-linker's build: a

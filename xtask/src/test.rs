@@ -1,5 +1,8 @@
 //! `cargo xtask test` and `cargo xtask demo`.
 //!
+//! `cargo xtask test` also runs every fuzz target for a short time and
+//! counts a crash as a failed test.
+//!
 //! The end-to-end tests share kernel state and a private containerd, so
 //! they run one at a time. A test that cannot run on this machine prints a
 //! line starting with `SKIPPED:` and returns; cargo counts it as passed, so
@@ -54,6 +57,23 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
     let status = child.wait().context("failed to wait for cargo test")?;
     summary.passed += deploy.passed;
     summary.failed += deploy.failed;
+    // Each fuzz target counts as one test: passed when it ran its time
+    // without a crash.
+    match crate::fuzz::run_targets(crate::fuzz::TEST_SECONDS, &[]) {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                if outcome.passed {
+                    summary.passed += 1;
+                } else {
+                    summary.failed += 1;
+                }
+            }
+        }
+        Err(error) => {
+            println!("fuzz: FAILED to run: {error:#}");
+            summary.failed += 1;
+        }
+    }
     // The LSM backend needs a kernel with BPF LSM active: the same tests
     // run again in virtual machines. Skipped tests there count as skipped.
     match crate::vm::run_and_count(&[], test_args) {

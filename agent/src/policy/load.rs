@@ -8,10 +8,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use super::model::{NetworkPolicy, Policy};
 use super::schema::PolicyDocument;
-use super::yaml::{self, Scan};
+use super::yaml::{self, NodeBudget, Scan};
 use super::{MAX_FILE_BYTES, MAX_POLICIES};
 use parapet_common::net::MAX_NET_RULES;
 
@@ -113,7 +114,7 @@ pub fn load_files(files: &[FileContents]) -> Result<Vec<Policy>, Vec<PolicyError
     let mut errors = Vec::new();
     for file in files {
         let parsed = match &file.bytes {
-            Ok(bytes) => parse_bytes(&file.path, bytes.clone()),
+            Ok(bytes) => parse_bytes(bytes, &file.path),
             Err(error) => Err(vec![error.clone()]),
         };
         match parsed {
@@ -219,15 +220,31 @@ impl fmt::Display for CheckReport {
 /// each file on its own, then all of them together as one set (unique
 /// names, at most [`MAX_POLICIES`]).
 pub fn check_files(paths: &[PathBuf]) -> CheckReport {
+    check_results(paths.iter().map(|path| (path.clone(), read_file(path))))
+}
+
+/// Checks policy files given as their contents, as [`check_files`] checks
+/// the same bytes read from `sources[i].0`. For tests and fuzzing.
+pub fn check_sources(sources: &[(PathBuf, &[u8])]) -> CheckReport {
+    check_results(
+        sources
+            .iter()
+            .map(|(path, bytes)| (path.clone(), parse_bytes(bytes, path))),
+    )
+}
+
+fn check_results(
+    results: impl Iterator<Item = (PathBuf, Result<Vec<Policy>, Vec<PolicyError>>)>,
+) -> CheckReport {
     let mut files = Vec::new();
     let mut policies = Vec::new();
-    for path in paths {
+    for (path, result) in results {
         let mut report = FileReport {
-            path: path.clone(),
+            path,
             policies: Vec::new(),
             errors: Vec::new(),
         };
-        match read_file(path) {
+        match result {
             Ok(file_policies) => {
                 report.policies = file_policies
                     .iter()
@@ -292,10 +309,11 @@ fn first_error(errors: Vec<PolicyError>) -> PolicyError {
 /// Reads one file: its size, its encoding, then its documents.
 fn read_file(path: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
     let bytes = read_bytes(path).map_err(|error| vec![error])?;
-    parse_bytes(path, bytes)
+    parse_bytes(&bytes, path)
 }
 
-/// Reads the bytes of one file, up to the size limit.
+/// Reads the bytes of one file, up to one byte past the size limit, which
+/// [`parse_bytes`] then rejects.
 fn read_bytes(path: &Path) -> Result<Vec<u8>, PolicyError> {
     let file_error = |message: String| PolicyError::new(path, Position::FILE_START, message);
     let file = fs::File::open(path)
@@ -306,27 +324,46 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, PolicyError> {
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|error| file_error(format!("failed to read policy file: {error}")))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(file_error(format!(
-            "policy file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB). Split it \
-             into several files"
-        )));
-    }
     Ok(bytes)
 }
 
-/// Checks the encoding of a file's bytes, then parses its documents.
-fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Vec<Policy>, Vec<PolicyError>> {
-    let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+/// Parses and validates the contents of one policy file, as the agent does
+/// after reading `source`: its size, its encoding, then its documents.
+pub fn parse_bytes(bytes: &[u8], source: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(vec![PolicyError::new(
+            source,
+            Position::FILE_START,
+            format!(
+                "policy file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB). Split \
+                 it into several files"
+            ),
+        )]);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|error| {
+        let valid = &bytes[..error.valid_up_to()];
         let valid = std::str::from_utf8(valid).expect("prefix is valid UTF-8");
-        vec![PolicyError::new(
-            path,
-            end_position(valid),
-            "invalid UTF-8: a policy file must be UTF-8 text",
-        )]
+        let message = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+            "invalid UTF-8: the file starts with a UTF-16 byte order mark, but a policy file \
+             must be UTF-8 text"
+        } else {
+            "invalid UTF-8: a policy file must be UTF-8 text"
+        };
+        vec![PolicyError::new(source, end_position(valid), message)]
     })?;
-    parse_str(&text, path)
+    parse_str(text, source)
+}
+
+/// Finds the first character that YAML 1.2 does not allow in a file: a
+/// control character other than tab, line feed, carriage return and next
+/// line (U+0085), or U+FFFE or U+FFFF. libyaml rejects these too, but
+/// reports a byte offset instead of a line and column.
+fn first_invalid_character(text: &str) -> Option<(Position, char)> {
+    let (index, character) = text.char_indices().find(|&(_, character)| {
+        let allowed_control = matches!(character, '\t' | '\n' | '\r' | '\u{85}');
+        (character.is_control() && !allowed_control) || matches!(character, '\u{fffe}' | '\u{ffff}')
+    })?;
+    Some((end_position(&text[..index]), character))
 }
 
 /// Returns the position just after `text`.
@@ -346,21 +383,45 @@ fn end_position(text: &str) -> Position {
 /// find where the next document starts. Names are not checked for
 /// uniqueness here: that is a check of the whole set.
 pub fn parse_str(text: &str, source: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    if let Some((position, character)) = first_invalid_character(text) {
+        return Err(vec![PolicyError::new(
+            source,
+            position,
+            format!(
+                "invalid YAML: character U+{:04X} is not allowed. YAML text may contain tab, \
+                 line feed and carriage return but no other control character",
+                u32::from(character)
+            ),
+        )]);
+    }
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     // serde_yaml consumes a document when it deserializes it, so each pass
     // over a document has its own stream.
+    let syntax_pass = serde_yaml::Deserializer::from_str(text);
     let scan_pass = serde_yaml::Deserializer::from_str(text);
     let model_pass = serde_yaml::Deserializer::from_str(text);
     let name_pass = serde_yaml::Deserializer::from_str(text);
-    let passes = scan_pass.zip(model_pass).zip(name_pass);
-    for (index, ((scan_document, model_document), name_document)) in passes.enumerate() {
+    let passes = syntax_pass.zip(scan_pass).zip(model_pass).zip(name_pass);
+    let budget = NodeBudget::new();
+    for (index, documents) in passes.enumerate() {
+        let (((syntax_document, scan_document), model_document), name_document) = documents;
         let error_at = |error: &serde_yaml::Error, prefix: &str| {
             let (position, message) = yaml::split_error(error);
             let position = position.unwrap_or_else(|| document_start(text, index));
             PolicyError::new(source, position, format!("{prefix}{message}"))
         };
-        match yaml::scan_document(scan_document) {
+        // serde_yaml (0.9.34) stops loading a document at its first YAML
+        // error, such as an unknown anchor, but still hands the nodes
+        // before it to a visitor, so a check could fail first and hide the
+        // YAML error. Reading the next document then panics, because the
+        // parser stopped inside this one. So each document is first read
+        // without any check, and its YAML error ends the file.
+        if let Err(error) = IgnoredAny::deserialize(syntax_document) {
+            errors.push(error_at(&error, "invalid YAML: "));
+            break;
+        }
+        match yaml::scan_document(scan_document, &budget) {
             Ok(Scan::Empty) => continue,
             Ok(Scan::Content) => {}
             Err(failure) if failure.content_error => {
@@ -825,6 +886,49 @@ spec:
         );
     }
 
+    /// Found by the `policy_file` fuzz target: the duplicate key was
+    /// reported, and reading on after the unknown anchor panicked.
+    #[test]
+    fn unknown_anchor_after_duplicate_key() {
+        assert_eq!(
+            errors("k:\nk: *n"),
+            ["policies/db.yaml:2:4: invalid YAML: unknown anchor"]
+        );
+        assert_eq!(
+            errors("a: 1\n---\nk:\nk: *n\n---\nb: 2\n"),
+            [
+                "policies/db.yaml:1:1: unknown field `a`, expected one of `apiVersion`, `kind`, \
+                 `metadata`, `spec`",
+                "policies/db.yaml:4:4: invalid YAML: unknown anchor"
+            ]
+        );
+    }
+
+    #[test]
+    fn check_sources_matches_check_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("a.yaml");
+        let second = dir.path().join("b.yaml");
+        fs::write(&first, CLINIC).unwrap();
+        fs::write(&second, CLINIC).unwrap();
+        let from_files = check_files(&[first.clone(), second.clone()]);
+        let from_sources =
+            check_sources(&[(first, CLINIC.as_bytes()), (second, CLINIC.as_bytes())]);
+        assert_eq!(from_files, from_sources);
+        assert_eq!(from_sources.errors().count(), 1);
+    }
+
+    #[test]
+    fn control_character_has_line_and_column() {
+        let text = CLINIC.replace("name: records-db", "name: records\u{1b}db");
+        let found = parse_bytes(text.as_bytes(), Path::new("policies/db.yaml")).unwrap_err();
+        assert_eq!(
+            found[0].to_string(),
+            "policies/db.yaml:4:16: invalid YAML: character U+001B is not allowed. YAML text \
+             may contain tab, line feed and carriage return but no other control character"
+        );
+    }
+
     #[test]
     fn policy_name_rules() {
         assert_eq!(
@@ -1001,7 +1105,10 @@ spec:
         }
         assert_eq!(
             errors(&text),
-            ["policies/db.yaml:4:1: invalid YAML: repetition limit exceeded"]
+            [
+                "policies/db.yaml:4:1: invalid YAML: repetition limit exceeded: aliases (`*name`) are \
+             expanded too many times"
+            ]
         );
     }
 

@@ -56,7 +56,12 @@
 //! not deny the programs in `/usr/bin`.
 //!
 //! Unknown fields and duplicate keys are errors, so that a typo can never
-//! switch enforcement off. Every error names the file, the line and the
+//! switch enforcement off. A field that takes a string rejects a plain
+//! number, boolean or tagged value (`42`, `true`, `!x name`): quote it. A
+//! file has at most [`MAX_FILE_BYTES`] bytes, lists and mappings nest at
+//! most 128 levels deep, and a file has at most a million nodes once its
+//! aliases (`*name`) are expanded, which bounds the work a small file can
+//! cause. Every error names the file, the line and the
 //! column (1-based, columns counted in characters), and the field path where
 //! one exists: see [`PolicyError`].
 //!
@@ -108,8 +113,8 @@ mod select;
 mod yaml;
 
 pub use load::{
-    CheckReport, FileContents, FileReport, PolicyError, Position, check_files, load_dir, load_file,
-    load_files, parse_str, read_dir_files,
+    CheckReport, FileContents, FileReport, PolicyError, Position, check_files, check_sources, load_dir,
+    load_file, load_files, parse_bytes, parse_str, read_dir_files,
 };
 pub use merge::{
     ExecDecision, ExecEntry, ExecPlan, PolicyExec, ReadOnlyPlan, evaluate_exec, exec_plan,
@@ -133,6 +138,10 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// Maximum number of policies in the loaded set, across all files.
 pub const MAX_POLICIES: usize = 256;
+
+// A new set is written into free kernel policy slots while the set it
+// replaces still holds its own, so the slots must fit two full sets.
+const _: () = assert!(2 * MAX_POLICIES <= parapet_common::MAX_POLICY_SLOTS as usize);
 
 /// Maximum number of entries in `spec.filesystem.writablePaths`.
 pub const MAX_WRITABLE_PATHS: usize = 64;

@@ -221,11 +221,12 @@ impl<'de> DeserializeSeed<'de> for PathEntrySeed<'_> {
     type Value = PathBuf;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<PathBuf, D::Error> {
-        deserializer.deserialize_str(self)
+        // Not `deserialize_str`, which would take `123` or `true` as text.
+        deserializer.deserialize_any(self)
     }
 }
 
-impl Visitor<'_> for PathEntrySeed<'_> {
+impl<'de> Visitor<'de> for PathEntrySeed<'_> {
     type Value = PathBuf;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -235,6 +236,19 @@ impl Visitor<'_> for PathEntrySeed<'_> {
     fn visit_str<E: de::Error>(self, value: &str) -> Result<PathBuf, E> {
         self.check(value).map_err(E::custom)?;
         Ok(PathBuf::from(value))
+    }
+
+    /// Checks an empty value, `~` or `null` as the empty string.
+    fn visit_unit<E: de::Error>(self) -> Result<PathBuf, E> {
+        self.visit_str("")
+    }
+
+    /// serde_yaml visits an enum for a tagged node such as `!tag value`.
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<PathBuf, A::Error> {
+        Err(de::Error::invalid_type(
+            de::Unexpected::Other("tagged value"),
+            &self,
+        ))
     }
 }
 
@@ -595,8 +609,8 @@ spec:
         assert_eq!(
             errors("  filesystem: {readOnly: true, writablePaths: [5]}\n"),
             [
-                "policies/db.yaml:11:48: spec.filesystem.writablePaths[0]: invalid path \"5\": \
-                 not absolute, expected a path that starts with /"
+                "policies/db.yaml:11:48: spec.filesystem.writablePaths[0]: invalid type: \
+                 integer `5`, expected an absolute path"
             ]
         );
         assert_eq!(

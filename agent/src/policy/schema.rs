@@ -67,13 +67,13 @@ struct DocumentFields {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a metadata mapping")]
 struct MetadataFields {
     name: PolicyName,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a spec mapping")]
 struct SpecFields {
     selector: Selector,
     mode: ModeField,
@@ -86,7 +86,7 @@ struct SpecFields {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a network mapping")]
 struct NetworkFields {
     /// `egress: null` (or an empty value) restricts like `egress: []`,
     /// because a field that is present must never widen what is allowed.
@@ -521,7 +521,11 @@ fn deserialize_checked_str<'de, D, T>(
 where
     D: Deserializer<'de>,
 {
-    deserializer.deserialize_str(CheckedStrVisitor { expecting, check })
+    // `deserialize_any` rather than `deserialize_str`: serde_yaml hands
+    // any plain scalar to `visit_str` when asked for a string, so `42`,
+    // `true` or a tagged `!x name` would pass for text. Kubernetes rejects
+    // those too, and quoting makes the intent explicit.
+    deserializer.deserialize_any(CheckedStrVisitor { expecting, check })
 }
 
 struct CheckedStrVisitor<T> {
@@ -529,7 +533,7 @@ struct CheckedStrVisitor<T> {
     check: fn(&str) -> Result<T, String>,
 }
 
-impl<T> Visitor<'_> for CheckedStrVisitor<T> {
+impl<'de, T> Visitor<'de> for CheckedStrVisitor<T> {
     type Value = T;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -538,6 +542,19 @@ impl<T> Visitor<'_> for CheckedStrVisitor<T> {
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
         (self.check)(value).map_err(E::custom)
+    }
+
+    /// Checks an empty value, `~` or `null` as the empty string.
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        self.visit_str("")
+    }
+
+    /// serde_yaml visits an enum for a tagged node such as `!tag value`.
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::invalid_type(
+            de::Unexpected::Other("tagged value"),
+            &self,
+        ))
     }
 }
 

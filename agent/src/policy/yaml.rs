@@ -7,7 +7,8 @@
 //! - [`scan_document`] walks a whole document and raises an error at the
 //!   second occurrence of a key. serde's derived structs would report a
 //!   duplicate field at the start of the mapping, and maps such as
-//!   `matchLabels` would silently keep the last value.
+//!   `matchLabels` would silently keep the last value. It also counts the
+//!   nodes of the file, aliases expanded, against [`MAX_FILE_NODES`].
 //! - [`locate`] finds the position of the value at a key path, by raising an
 //!   error on purpose when it reaches that value.
 //! - [`split_error`] separates a serde_yaml error into its position and its
@@ -40,40 +41,94 @@ pub(super) struct ScanError {
     pub error: serde_yaml::Error,
     /// Whether the error is about content (a duplicate or complex key), so
     /// that the documents after it can still be read. Any other error means
-    /// invalid YAML, and serde_yaml repeats it for every later document.
+    /// invalid YAML or a file over [`MAX_FILE_NODES`], and serde_yaml
+    /// repeats a YAML error for every later document.
     pub content_error: bool,
 }
 
-/// Walks one document and fails at the first duplicate key of any mapping,
-/// or at the first YAML syntax error.
-pub(super) fn scan_document(document: serde_yaml::Deserializer) -> Result<Scan, ScanError> {
-    let content_error = Cell::new(false);
-    NodeSeed {
-        content_error: &content_error,
+/// Maximum number of nodes in one file, counted with every alias
+/// (`*name`) replaced by the node it refers to. YAML without aliases has at
+/// most about one node per byte, so a file within the 1 MiB limit reaches
+/// it only through aliases or a crafted run of empty values. serde_yaml
+/// bounds the number of alias replacements but not the size of what each
+/// one repeats, so without this limit a 1 MiB file could make every later
+/// pass over its documents visit billions of nodes.
+pub(super) const MAX_FILE_NODES: usize = 1_000_000;
+
+/// The nodes that [`scan_document`] may still visit in one file.
+pub(super) struct NodeBudget(Cell<usize>);
+
+impl NodeBudget {
+    pub(super) fn new() -> Self {
+        Self(Cell::new(MAX_FILE_NODES))
     }
-    .deserialize(document)
-    .map_err(|error| ScanError {
-        error,
-        content_error: content_error.get(),
-    })
+
+    /// Counts one node, failing once the file has more than
+    /// [`MAX_FILE_NODES`].
+    fn count_node<E: de::Error>(&self) -> Result<(), E> {
+        let left = self.0.get().checked_sub(1).ok_or_else(|| {
+            E::custom(format!(
+                "the file has more than {MAX_FILE_NODES} nodes once its aliases (`*name`) are \
+                 expanded. Write the values out instead of repeating anchors"
+            ))
+        })?;
+        self.0.set(left);
+        Ok(())
+    }
+}
+
+/// State of one [`scan_document`] walk, shared by every node it visits.
+struct ScanState<'a> {
+    content_error: Cell<bool>,
+    budget: &'a NodeBudget,
+}
+
+impl ScanState<'_> {
+    fn count_node<E: de::Error>(&self) -> Result<(), E> {
+        self.budget.count_node()
+    }
+}
+
+/// Walks one document and fails at the first duplicate key of any mapping,
+/// at the first YAML syntax error, or when the file that `budget` belongs
+/// to has more than [`MAX_FILE_NODES`] nodes.
+pub(super) fn scan_document(
+    document: serde_yaml::Deserializer,
+    budget: &NodeBudget,
+) -> Result<Scan, ScanError> {
+    let state = ScanState {
+        content_error: Cell::new(false),
+        budget,
+    };
+    NodeSeed { state: &state }
+        .deserialize(document)
+        .map_err(|error| ScanError {
+            error,
+            content_error: state.content_error.get(),
+        })
 }
 
 struct NodeSeed<'a> {
-    content_error: &'a Cell<bool>,
+    state: &'a ScanState<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     type Value = Scan;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scan, D::Error> {
-        deserializer.deserialize_any(NodeVisitor {
-            content_error: self.content_error,
-        })
+        deserializer.deserialize_any(NodeVisitor { state: self.state })
     }
 }
 
 struct NodeVisitor<'a> {
-    content_error: &'a Cell<bool>,
+    state: &'a ScanState<'a>,
+}
+
+impl NodeVisitor<'_> {
+    fn content<E: de::Error>(&self) -> Result<Scan, E> {
+        self.state.count_node()?;
+        Ok(Scan::Content)
+    }
 }
 
 impl<'de> Visitor<'de> for NodeVisitor<'_> {
@@ -83,37 +138,38 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
         formatter.write_str("any YAML value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_i128<E>(self, _: i128) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_u128<E>(self, _: u128) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scan, E> {
+        self.content()
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Scan, E> {
-        Ok(Scan::Content)
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Scan, E> {
+        self.content()
     }
 
     /// serde_yaml visits `unit` for `null`, `~` and an empty value, such
     /// as the content of a `---` line with nothing after it.
-    fn visit_unit<E>(self) -> Result<Scan, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Scan, E> {
+        self.state.count_node()?;
         Ok(Scan::Empty)
     }
 
@@ -127,35 +183,31 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scan, A::Error> {
-        let seed = || NodeSeed {
-            content_error: self.content_error,
-        };
+        self.state.count_node()?;
+        let seed = || NodeSeed { state: self.state };
         while seq.next_element_seed(seed())?.is_some() {}
         Ok(Scan::Content)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scan, A::Error> {
+        self.state.count_node()?;
         let mut seen = HashSet::new();
         loop {
             let key_seed = KeySeed {
                 seen: &mut seen,
-                content_error: self.content_error,
+                state: self.state,
             };
             if map.next_key_seed(key_seed)?.is_none() {
                 return Ok(Scan::Content);
             }
-            map.next_value_seed(NodeSeed {
-                content_error: self.content_error,
-            })?;
+            map.next_value_seed(NodeSeed { state: self.state })?;
         }
     }
 
     /// serde_yaml visits an enum for a tagged node such as `!tag value`.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Scan, A::Error> {
         let (IgnoredAny, variant) = data.variant()?;
-        variant.newtype_variant_seed(NodeSeed {
-            content_error: self.content_error,
-        })
+        variant.newtype_variant_seed(NodeSeed { state: self.state })
     }
 }
 
@@ -163,7 +215,7 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
 /// already had it.
 struct KeySeed<'a> {
     seen: &'a mut HashSet<String>,
-    content_error: &'a Cell<bool>,
+    state: &'a ScanState<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -176,8 +228,9 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
 
 impl KeySeed<'_> {
     fn insert<E: de::Error>(self, key: String) -> Result<(), E> {
+        self.state.count_node()?;
         if self.seen.contains(&key) {
-            self.content_error.set(true);
+            self.state.content_error.set(true);
             return Err(E::custom(format!("duplicate key `{key}`")));
         }
         self.seen.insert(key);
@@ -185,7 +238,7 @@ impl KeySeed<'_> {
     }
 
     fn reject_complex_key<E: de::Error>(self) -> Result<(), E> {
-        self.content_error.set(true);
+        self.state.content_error.set(true);
         Err(E::custom(
             "a mapping key must be a plain value, not a list or mapping",
         ))
@@ -470,7 +523,7 @@ impl<'de> Visitor<'de> for KeyTextVisitor {
 /// CONTEXT at line L2 column C2` for YAML syntax errors. It leaves out the
 /// position when it is line 1, column 1.
 pub(super) fn split_error(error: &serde_yaml::Error) -> (Option<Position>, String) {
-    let text = error.to_string();
+    let text = explain_limit(error.to_string());
     let Some(location) = error.location() else {
         return (None, text);
     };
@@ -484,6 +537,28 @@ pub(super) fn split_error(error: &serde_yaml::Error) -> (Option<Position>, Strin
         None => text.replacen(&suffix, "", 1),
     };
     (Some(position), message)
+}
+
+/// Adds the cause to serde_yaml's messages for its limits, which name the
+/// limit only.
+fn explain_limit(message: String) -> String {
+    if message.starts_with("recursion limit exceeded") {
+        // serde_yaml (0.9) allows 128 levels of nesting.
+        message.replacen(
+            "recursion limit exceeded",
+            "recursion limit exceeded: lists and mappings nest more than 128 levels deep, or \
+             an alias (`*name`) is inside the node its anchor (`&name`) marks",
+            1,
+        )
+    } else if message.starts_with("repetition limit exceeded") {
+        message.replacen(
+            "repetition limit exceeded",
+            "repetition limit exceeded: aliases (`*name`) are expanded too many times",
+            1,
+        )
+    } else {
+        message
+    }
 }
 
 #[cfg(test)]
@@ -503,7 +578,7 @@ mod tests {
     #[test]
     fn scan_reports_duplicate_key_at_second_key() {
         let text = "a: 1\nb:\n  c: 1\n  d: 2\n  c: 3\n";
-        let failure = scan_document(only_document(text)).unwrap_err();
+        let failure = scan_document(only_document(text), &NodeBudget::new()).unwrap_err();
         assert!(failure.content_error);
         let (position_found, message) = split_error(&failure.error);
         assert_eq!(position_found, Some(position(5, 3)));
@@ -513,7 +588,7 @@ mod tests {
     #[test]
     fn scan_reports_duplicate_key_in_flow_mapping() {
         let text = "labels: {app: x, app: y}\n";
-        let failure = scan_document(only_document(text)).unwrap_err();
+        let failure = scan_document(only_document(text), &NodeBudget::new()).unwrap_err();
         let (position_found, message) = split_error(&failure.error);
         assert_eq!(position_found, Some(position(1, 18)));
         assert_eq!(message, "labels: duplicate key `app`");
@@ -522,7 +597,10 @@ mod tests {
     #[test]
     fn scan_allows_same_key_in_sibling_mappings() {
         let text = "- {a: 1}\n- {a: 2}\n";
-        assert_eq!(scan_document(only_document(text)).unwrap(), Scan::Content);
+        assert_eq!(
+            scan_document(only_document(text), &NodeBudget::new()).unwrap(),
+            Scan::Content
+        );
     }
 
     #[test]
@@ -536,7 +614,7 @@ mod tests {
             "~\n",
         ] {
             assert_eq!(
-                scan_document(only_document(text)).unwrap(),
+                scan_document(only_document(text), &NodeBudget::new()).unwrap(),
                 Scan::Empty,
                 "{text:?}"
             );
@@ -546,7 +624,7 @@ mod tests {
     #[test]
     fn scan_reports_syntax_error_as_not_content() {
         let text = "a: [1, 2\nb: 3\n";
-        let failure = scan_document(only_document(text)).unwrap_err();
+        let failure = scan_document(only_document(text), &NodeBudget::new()).unwrap_err();
         assert!(!failure.content_error);
         assert!(failure.error.location().is_some());
     }
@@ -558,12 +636,56 @@ mod tests {
             let items = vec![format!("*l{}", level - 1); 10].join(", ");
             text.push_str(&format!("l{level}: &l{level} [{items}]\n"));
         }
-        let failure = scan_document(only_document(&text)).unwrap_err();
+        let failure = scan_document(only_document(&text), &NodeBudget::new()).unwrap_err();
         assert!(!failure.content_error);
         assert_eq!(
             split_error(&failure.error),
-            (None, "repetition limit exceeded".to_owned())
+            (
+                None,
+                "repetition limit exceeded: aliases (`*name`) are expanded too many times"
+                    .to_owned()
+            )
         );
+    }
+
+    /// 1001 aliases of a list of 1000 items: 1002 alias replacements, far
+    /// below serde_yaml's own limit, but more than a million nodes.
+    #[test]
+    fn scan_limits_nodes_after_alias_expansion() {
+        let items = vec!["x"; 1000].join(", ");
+        let aliases = vec!["*a"; 1001].join(", ");
+        let text = format!("a: &a [{items}]\nb: [{aliases}]\n");
+        let failure = scan_document(only_document(&text), &NodeBudget::new()).unwrap_err();
+        assert!(!failure.content_error);
+        let (_, message) = split_error(&failure.error);
+        assert!(
+            message.contains("more than 1000000 nodes once its aliases"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn scan_accepts_file_at_node_limit() {
+        // The root mapping, its key and its list are three nodes.
+        let items = vec!["x"; MAX_FILE_NODES - 3].join(",");
+        let text = format!("a: [{items}]\n");
+        let scan = scan_document(only_document(&text), &NodeBudget::new());
+        assert_eq!(scan.unwrap(), Scan::Content);
+        let text = format!("a: [{items},x]\n");
+        let scan = scan_document(only_document(&text), &NodeBudget::new());
+        assert!(!scan.unwrap_err().content_error);
+    }
+
+    #[test]
+    fn node_budget_spans_documents() {
+        let budget = NodeBudget::new();
+        let items = vec!["x"; MAX_FILE_NODES / 2].join(",");
+        let text = format!("[{items}]\n---\n[{items}]\n");
+        let mut documents = serde_yaml::Deserializer::from_str(&text);
+        let first = documents.next().unwrap();
+        assert_eq!(scan_document(first, &budget).unwrap(), Scan::Content);
+        let second = documents.next().unwrap();
+        assert!(scan_document(second, &budget).is_err());
     }
 
     #[test]
