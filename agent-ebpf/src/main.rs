@@ -11,6 +11,7 @@ mod counters;
 mod events;
 mod exec;
 mod file;
+mod hold;
 mod lsm;
 mod lsm_exec;
 mod lsm_file;

@@ -2,6 +2,8 @@
 //! with the policies and the workloads on the node, and serves events,
 //! metrics and status.
 
+mod held;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -120,6 +122,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         crate::readonly::Method::Mounts
     };
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
+    let held_ring = kernel.held_events.take().context("the held-process ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
     let mut enforcer = Enforcer::new();
@@ -205,6 +208,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         read_only_method,
         exec_rules: Default::default(),
         sink,
+        held: Default::default(),
+        held_events: Some(crate::hold::spawn_reader(held_ring)),
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
     state.run().await
@@ -317,6 +322,11 @@ struct LoopState {
     read_only_method: crate::readonly::Method,
     exec_rules: crate::exec_rules::ExecResolver,
     sink: Arc<reader::EventSink>,
+    /// Processes stopped at their first instruction until their container
+    /// is set up.
+    held: crate::hold::Tracker,
+    /// Records of newly held processes; taken by `run`.
+    held_events: Option<tokio::sync::mpsc::UnboundedReceiver<parapet_common::hold::HeldProcess>>,
 }
 
 impl LoopState {
@@ -327,9 +337,17 @@ impl LoopState {
         let mut scan_tick = tokio::time::interval(SCAN_INTERVAL);
         let mut policy_tick = tokio::time::interval(POLICY_POLL);
         let cgroup_changes = crate::cgroup_watch::spawn(self.attach.clone());
+        let mut held_events = self.held_events.take();
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
+                Some(record) = async { held_events.as_mut().unwrap().recv().await }, if held_events.is_some() => {
+                    self.held.note(record);
+                    while let Ok(record) = held_events.as_mut().unwrap().try_recv() {
+                        self.held.note(record);
+                    }
+                    self.reconcile(true).await;
+                }
                 _ = async { cgroup_changes.as_ref().unwrap().notified().await }, if cgroup_changes.is_some() => {
                     self.reconcile(true).await;
                 }
@@ -441,13 +459,7 @@ impl LoopState {
             .unwrap_or_else(|e| e.into_inner())
             .set_cgroups(identities);
         self.resolve_exec_rules(&pods, &containers, &scan.containers).await;
-        let desired = crate::enforce::desired_entries(
-            self.enforcer.policies(),
-            &pods,
-            &containers,
-            &scan.containers,
-            &self.exec_rules.resolved(),
-        );
+        let desired = self.desired_entries(&pods, &containers, &scan.containers);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -467,6 +479,7 @@ impl LoopState {
             target.cgroup_id = scan.containers.get(&target.container_id).map(|cgroup| cgroup.id);
         }
         self.enforce_read_only(targets, &containers, &scan.containers).await;
+        self.settle_held(&pods, &containers, &scan.containers);
         self.update_status();
         true
     }
@@ -546,9 +559,11 @@ impl LoopState {
         cgroup: &crate::cgroups::ContainerCgroup,
         policies: &[&crate::enforce::SlottedPolicy],
     ) {
-        let refused = crate::exec_running::denied_processes(&cgroup.path, policies, |slot, identity| {
+        let mut refused = crate::exec_running::denied_processes(&cgroup.path, policies, |slot, identity| {
             self.exec_rules.rule(slot, identity)
         });
+        // A held process is judged before it runs, by `settle_held`.
+        refused.retain(|process| !self.held.contains(process.pid));
         if refused.is_empty() {
             return;
         }
@@ -872,7 +887,14 @@ impl LoopState {
                 looked_up: self.exec_rules.is_resolved(container_id),
             })
             .collect();
+        let held = {
+            let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
+            self.held
+                .statuses(|cgroup_id| identities.cgroup(cgroup_id).and_then(|identity| identity.container_id.clone()))
+        };
         let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.held = held;
+        status.held_totals = self.held.totals().clone();
         status.exec = exec;
         status.policies = policies;
         status.workloads = workloads;

@@ -12,6 +12,7 @@ pub mod event;
 pub mod exec_rules;
 pub mod exec_running;
 pub mod feed;
+pub mod hold;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;
