@@ -102,6 +102,8 @@ impl Tracker {
 
     /// Adds the processes in `HELD_PROCESSES`, which also contains those
     /// whose ring buffer record was lost.
+    // NOTE: the map lives only as long as the agent that loaded it, so
+    // processes an earlier agent held stay stopped: nothing lists them.
     pub fn read_kernel(&mut self, kernel: &Kernel) {
         for (_, record) in kernel.held_processes.iter().flatten() {
             self.note(record);
