@@ -1,7 +1,8 @@
 //! The exec tracepoint. It remembers the program each policed process
 //! runs, so that every event names its binary even when the process has
 //! exited by the time the agent reads the record. It also checks the
-//! program against the exec lists of the process's policies.
+//! program against the exec lists of the process's policies. Last, it
+//! stops a program whose entry is marked for holding (see `hold`).
 //!
 //! This is the fallback backend for allowed programs: a tracepoint cannot
 //! refuse an exec, so a refused program is killed with SIGKILL. The
