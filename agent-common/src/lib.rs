@@ -7,6 +7,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod hold;
 pub mod lsm;
 pub mod net;
 
@@ -26,6 +27,8 @@ pub mod map_names {
     pub const LSM_BACKENDS: &str = "LSM_BACKENDS";
     pub const ACTIVE_GENERATION: &str = "ACTIVE_GENERATION";
     pub const POLICY_NAMES: &str = "POLICY_NAMES";
+    pub const HELD_PROCESSES: &str = "HELD_PROCESSES";
+    pub const HELD_EVENTS: &str = "HELD_EVENTS";
 }
 
 /// Names of the kernel programs.
@@ -146,7 +149,8 @@ pub struct CgroupPolicies {
     pub slots: [u32; MAX_POLICIES_PER_CGROUP],
     /// Number of valid entries in `slots`.
     pub count: u32,
-    /// `exec::CGROUP_EXEC_RESOLVED` or 0.
+    /// `exec::CGROUP_EXEC_RESOLVED` and `hold::CGROUP_HOLD_NEW_PROGRAMS`
+    /// bits.
     pub flags: u32,
 }
 
@@ -287,4 +291,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::lsm::ReadOnlyMount {}
     unsafe impl aya::Pod for super::lsm::ReadOnlySuperblockKey {}
     unsafe impl aya::Pod for super::lsm::ReadOnlySuperblock {}
+    unsafe impl aya::Pod for super::hold::HeldProcess {}
+    unsafe impl aya::Pod for super::hold::HoldConfig {}
 }

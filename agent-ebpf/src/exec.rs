@@ -1,7 +1,8 @@
 //! The exec tracepoint. It remembers the program each policed process
 //! runs, so that every event names its binary even when the process has
 //! exited by the time the agent reads the record. It also checks the
-//! program against the exec lists of the process's policies.
+//! program against the exec lists of the process's policies. Last, it
+//! stops a program whose entry is marked for holding (see `hold`).
 //!
 //! This is the fallback backend for allowed programs: a tracepoint cannot
 //! refuse an exec, so a refused program is killed with SIGKILL. The
@@ -28,7 +29,7 @@ use parapet_common::{
     },
 };
 
-use crate::{counters::count_decision, events, lsm, policed};
+use crate::{counters::count_decision, events, hold, lsm, policed};
 
 /// Exec part of each policy, by policy slot.
 #[map]
@@ -78,19 +79,20 @@ pub fn parapet_exec(ctx: TracePointContext) -> u32 {
     let Some(policed) = policed::current() else {
         return DONE;
     };
-    let Some(path) = record_exec(&ctx) else {
-        return DONE;
-    };
+    let path = record_exec(&ctx);
     // Where `bprm_check_security` enforces the lists, it has judged this
     // program already; the tracepoint only records the path for events.
-    if lsm::active(backend::EXEC) {
-        return DONE;
+    if let Some(path) = path
+        && !lsm::active(backend::EXEC)
+    {
+        let (dev, ino) = exe_identity().unwrap_or((0, 0));
+        if judge(&policed, dev, ino, path) == Some(Verdict::Deny) {
+            // SAFETY: the helper only signals the current task.
+            unsafe { bpf_send_signal(SIGKILL) };
+            return DONE;
+        }
     }
-    let (dev, ino) = exe_identity().unwrap_or((0, 0));
-    if judge(&policed, dev, ino, path) == Some(Verdict::Deny) {
-        // SAFETY: the helper only signals the current task.
-        unsafe { bpf_send_signal(SIGKILL) };
-    }
+    hold::hold_if_pending(&policed);
     DONE
 }
 

@@ -12,6 +12,7 @@ mod events;
 mod exec;
 mod file;
 mod generation;
+mod hold;
 mod lsm;
 mod lsm_exec;
 mod lsm_file;

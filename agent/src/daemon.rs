@@ -2,6 +2,8 @@
 //! with the policies and the workloads on the node, and serves events,
 //! metrics and status.
 
+mod held;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -126,6 +128,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         crate::readonly::Method::Mounts
     };
     let ring = kernel.events.take().context("the event ring buffer was already taken")?;
+    let held_ring = kernel.held_events.take().context("the held-process ring buffer was already taken")?;
 
     let identities = Arc::new(RwLock::new(crate::identity::Identities::new(options.retention)));
     let mut enforcer = if pins.maps_adopted {
@@ -242,6 +245,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         activate_after_first_pass,
         remove_stale_read_only: maps_adopted,
         first_pass: Some(first_pass),
+        held: Default::default(),
+        held_events: Some(crate::hold::spawn_reader(held_ring)),
     };
     info!(node = %node, policy_dir = %options.policy_dir.display(), "agent started");
     state.run().await
@@ -364,6 +369,11 @@ struct LoopState {
     remove_stale_read_only: bool,
     /// Told once the first pass over the workloads is done.
     first_pass: Option<Arc<tokio::sync::Notify>>,
+    /// Processes stopped at their first instruction until their container
+    /// is set up.
+    held: crate::hold::Tracker,
+    /// Records of newly held processes; taken by `run`.
+    held_events: Option<tokio::sync::mpsc::UnboundedReceiver<parapet_common::hold::HeldProcess>>,
 }
 
 impl LoopState {
@@ -375,9 +385,17 @@ impl LoopState {
         let mut policy_tick = tokio::time::interval(POLICY_POLL);
         let cgroup_changes = crate::cgroup_watch::spawn(self.attach.clone());
         let policy_events = self.watcher.events();
+        let mut held_events = self.held_events.take();
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
+                Some(record) = async { held_events.as_mut().unwrap().recv().await }, if held_events.is_some() => {
+                    self.held.note(record);
+                    while let Ok(record) = held_events.as_mut().unwrap().try_recv() {
+                        self.held.note(record);
+                    }
+                    self.reconcile(true).await;
+                }
                 _ = async { cgroup_changes.as_ref().unwrap().notified().await }, if cgroup_changes.is_some() => {
                     self.reconcile(true).await;
                 }
@@ -511,16 +529,7 @@ impl LoopState {
             .unwrap_or_else(|e| e.into_inner())
             .set_cgroups(identities);
         self.resolve_exec_rules(&pods, &containers, &scan.containers).await;
-        let mut desired = crate::enforce::desired_entries(
-            self.enforcer.policies(),
-            &pods,
-            &containers,
-            &scan.containers,
-            &self.exec_rules.resolved(),
-        );
-        self.enforcer.name_adopted(&scan.containers);
-        self.unlisted
-            .carry_over(self.enforcer.applied(), &mut desired, &scan, &pods, &containers);
+        let desired = self.desired_entries(&pods, &containers, &scan);
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         self.enforcer.apply(&mut kernel, desired);
         let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
@@ -543,6 +552,7 @@ impl LoopState {
             targets.iter().filter_map(|target| target.cgroup_id).collect();
         self.enforce_read_only(targets, &containers, &scan.containers).await;
         self.finish_first_pass(&read_only_cgroups);
+        self.settle_held(&pods, &containers, &scan);
         self.update_status();
         true
     }
@@ -644,9 +654,11 @@ impl LoopState {
         cgroup: &crate::cgroups::ContainerCgroup,
         policies: &[&crate::enforce::SlottedPolicy],
     ) {
-        let refused = crate::exec_running::denied_processes(&cgroup.path, policies, |slot, identity| {
+        let mut refused = crate::exec_running::denied_processes(&cgroup.path, policies, |slot, identity| {
             self.exec_rules.rule(slot, identity)
         });
+        // A held process is judged before it runs, by `settle_held`.
+        refused.retain(|process| !self.held.contains(process.pid));
         if refused.is_empty() {
             return;
         }
@@ -958,7 +970,14 @@ impl LoopState {
                 looked_up: self.exec_rules.is_resolved(container_id),
             })
             .collect();
+        let held = {
+            let identities = self.identities.read().unwrap_or_else(|e| e.into_inner());
+            self.held
+                .statuses(|cgroup_id| identities.cgroup(cgroup_id).and_then(|identity| identity.container_id.clone()))
+        };
         let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.held = held;
+        status.held_totals = self.held.totals().clone();
         status.exec = exec;
         status.policies = policies;
         status.workloads = workloads;

@@ -14,6 +14,7 @@ use aya::{
 use parapet_common::{
     CgroupPolicies, CounterKey, PolicyName,
     exec::{ExeOffsets, ExecPolicy, ExecRuleKey, ExecRuleValue},
+    hold::HeldProcess,
     file::FsPolicy,
     lsm::{LsmNetOffsets, LsmOffsets, ReadOnlyMount, ReadOnlySuperblock, ReadOnlySuperblockKey, backend},
     map_names,
@@ -91,6 +92,10 @@ pub struct Kernel {
     pub exe_identity: Result<(), String>,
     /// Taken out by the event reader.
     pub events: Option<RingBuf<MapData>>,
+    /// Processes the exec tracepoint stopped at their first instruction.
+    pub held_processes: HashMap<MapData, u32, HeldProcess>,
+    /// Taken out by the held-process reader.
+    pub held_events: Option<RingBuf<MapData>>,
     /// Result of the start-up probe.
     pub probe: Probe,
 }
@@ -126,11 +131,13 @@ impl Kernel {
         let (offsets, exe_identity) = exe_offsets();
         let lsm_offsets = lsm_offsets();
         let lsm_net_offsets = lsm_net_offsets();
+        let hold_config = crate::hold::config();
         let lsm_globals = lsm_offsets.clone().unwrap_or_default();
         let lsm_net_globals = lsm_net_offsets.clone().unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("EXE_OFFSETS", &offsets, true)
+            .override_global("HOLD_CONFIG", &hold_config, true)
             .override_global("LSM_OFFSETS", &lsm_globals, true)
             .override_global("LSM_NET_OFFSETS", &lsm_net_globals, true)
             .override_global("GENERATION", &pins.generation, true);
@@ -193,6 +200,8 @@ impl Kernel {
             read_only_superblocks: take_map(&mut ebpf, map_names::READ_ONLY_SUPERBLOCKS)?,
             exe_identity,
             events: Some(take_map(&mut ebpf, map_names::EVENTS)?),
+            held_processes: take_map(&mut ebpf, map_names::HELD_PROCESSES)?,
+            held_events: Some(take_map(&mut ebpf, map_names::HELD_EVENTS)?),
             probe,
             _ebpf: ebpf,
         })

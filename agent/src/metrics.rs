@@ -127,6 +127,7 @@ fn render(state: &MetricsState) -> String {
     let status = state.status.read().unwrap_or_else(|e| e.into_inner());
     write_workloads(&mut out, &status, &policed_cgroups);
     write_policies(&mut out, &status);
+    write_held(&mut out, &status);
     drop(status);
     write_agent(&mut out, state);
     let _ = writeln!(
@@ -239,6 +240,23 @@ fn write_workloads(out: &mut String, status: &crate::status::Status, policed_cgr
         "parapet_workloads_not_enforced{{promise=\"exec\"}} {}",
         exec - exec_enforced
     );
+}
+
+/// Writes the processes held at their first instruction and what became
+/// of those the agent settled.
+fn write_held(out: &mut String, status: &crate::status::Status) {
+    let totals = &status.held_totals;
+    let _ = writeln!(out, "# HELP parapet_held_processes Processes stopped at their first instruction until their container is set up.");
+    let _ = writeln!(out, "# TYPE parapet_held_processes gauge");
+    let _ = writeln!(out, "parapet_held_processes {}", status.held.len());
+    let _ = writeln!(out, "# HELP parapet_held_settled_total Held processes the agent settled, by outcome: released, killed (an exec list refuses the program) or gone (exited or moved while held).");
+    let _ = writeln!(out, "# TYPE parapet_held_settled_total counter");
+    for (outcome, count) in [("released", totals.released), ("killed", totals.killed), ("gone", totals.gone)] {
+        let _ = writeln!(out, "parapet_held_settled_total{{outcome=\"{outcome}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP parapet_held_seconds_total Time released and killed processes spent held.");
+    let _ = writeln!(out, "# TYPE parapet_held_seconds_total counter");
+    let _ = writeln!(out, "parapet_held_seconds_total {}", totals.held_seconds);
 }
 
 /// Writes the loaded policies, with their content hashes, and the count of

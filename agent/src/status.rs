@@ -57,6 +57,12 @@ pub struct Status {
     /// Containers that enforce-mode read-only policies select.
     #[serde(default)]
     pub read_only: Vec<ReadOnlyStatus>,
+    /// Processes stopped at their first instruction until their
+    /// container is set up.
+    #[serde(default)]
+    pub held: Vec<crate::hold::HeldStatus>,
+    #[serde(default)]
+    pub held_totals: crate::hold::HeldTotals,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -239,6 +245,26 @@ pub fn render_text(status: &Status) -> String {
                 let _ = writeln!(out, "  {} NOT ENFORCED: {reason}", container.container_id);
             }
         }
+    }
+    let totals = &status.held_totals;
+    let _ = writeln!(
+        out,
+        "held:           {} now; {} released, {} killed, {} gone since start, {:.3} s held in all",
+        status.held.len(),
+        totals.released,
+        totals.killed,
+        totals.gone,
+        totals.held_seconds
+    );
+    for held in &status.held {
+        let _ = writeln!(
+            out,
+            "  pid {} in {} held {} ms, waiting for {}",
+            held.pid,
+            held.container_id.as_deref().unwrap_or("an unknown cgroup"),
+            held.held_ms,
+            held.waiting_for
+        );
     }
     out
 }

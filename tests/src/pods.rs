@@ -39,6 +39,7 @@ pub struct Pod {
     pub cgroup_id: u64,
     cri: CriClient,
     run_cgroup: RunCgroup,
+    sandbox_config: proto::PodSandboxConfig,
 }
 
 /// Result of a command run in a pod's container.
@@ -102,7 +103,7 @@ impl Pod {
             .run_pod_sandbox(sandbox_config.clone())
             .await
             .with_context(|| format!("failed to run pod sandbox {namespace}/{name}"))?;
-        let started = start_container(&cri, &sandbox_id, sandbox_config, labels, command).await;
+        let started = start_container(&cri, &sandbox_id, sandbox_config.clone(), labels, command).await;
         let (container_id, ip) = match started {
             Ok(started) => started,
             Err(error) => {
@@ -131,7 +132,57 @@ impl Pod {
             cgroup_id,
             cri,
             run_cgroup: containerd.cgroup().clone(),
+            sandbox_config,
         })
+    }
+
+    /// Creates and starts one more container named `name` in this pod,
+    /// running `command`, and returns its id at once, without waiting for
+    /// it to run.
+    pub async fn start_container(&self, name: &str, command: &[&str]) -> Result<String> {
+        let labels = self.sandbox_config.labels.clone();
+        let config = container_config(name, labels, command);
+        let container_id = self
+            .cri
+            .create_container(&self.sandbox_id, config, self.sandbox_config.clone())
+            .await
+            .with_context(|| format!("failed to create container {name} in pod {}/{}", self.namespace, self.name))?;
+        self.cri
+            .start_container(&container_id)
+            .await
+            .with_context(|| format!("failed to start container {name} in pod {}/{}", self.namespace, self.name))?;
+        Ok(container_id)
+    }
+
+    /// Waits up to `limit` for container `container_id` of this pod, named
+    /// `name`, to exit, and returns its exit code and what it wrote to
+    /// stdout and stderr, from the log file the runtime keeps.
+    pub async fn wait_container_exit(&self, container_id: &str, name: &str, limit: Duration) -> Result<ExecOutput> {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.cri.container_status(container_id, false).await?.status;
+            let status = status.with_context(|| format!("container {name} ({container_id}) has no status"))?;
+            if status.state == proto::ContainerState::ContainerExited as i32 {
+                let log_path = PathBuf::from(&self.sandbox_config.log_directory).join(format!("{name}.log"));
+                let log = std::fs::read_to_string(&log_path)
+                    .with_context(|| format!("failed to read the log of container {name} at {}", log_path.display()))?;
+                let (stdout, stderr) = split_cri_log(&log);
+                return Ok(ExecOutput {
+                    exit_code: status.exit_code,
+                    stdout,
+                    stderr,
+                });
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "container {name} ({container_id}) in pod {}/{} has not exited after {limit:?} (state {})",
+                    self.namespace,
+                    self.name,
+                    status.state
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Runs `cmd` in the container through CRI `ExecSync` and waits for it.
@@ -220,9 +271,20 @@ async fn start_container(
         format!("pod sandbox {sandbox_id} has no valid IP address: {ip_text:?}")
     })?;
 
-    let config = proto::ContainerConfig {
+    let config = container_config(CONTAINER_NAME, labels, command);
+    let container_id = cri
+        .create_container(sandbox_id, config, sandbox_config)
+        .await?;
+    cri.start_container(&container_id).await?;
+    Ok((container_id, ip))
+}
+
+/// Returns the configuration of a container named `name` from the test
+/// image, with the kubelet's default namespace modes.
+fn container_config(name: &str, labels: HashMap<String, String>, command: &[&str]) -> proto::ContainerConfig {
+    proto::ContainerConfig {
         metadata: Some(proto::ContainerMetadata {
-            name: CONTAINER_NAME.to_string(),
+            name: name.to_string(),
             attempt: 0,
         }),
         image: Some(proto::ImageSpec {
@@ -231,7 +293,7 @@ async fn start_container(
         }),
         command: command.iter().map(|arg| arg.to_string()).collect(),
         labels,
-        log_path: format!("{CONTAINER_NAME}.log"),
+        log_path: format!("{name}.log"),
         linux: Some(proto::LinuxContainerConfig {
             resources: None,
             security_context: Some(proto::LinuxContainerSecurityContext {
@@ -240,12 +302,23 @@ async fn start_container(
             }),
         }),
         ..Default::default()
-    };
-    let container_id = cri
-        .create_container(sandbox_id, config, sandbox_config)
-        .await?;
-    cri.start_container(&container_id).await?;
-    Ok((container_id, ip))
+    }
+}
+
+/// Splits a log in the CRI format (`TIME STREAM TAG TEXT` per line) into
+/// the text written to stdout and to stderr.
+fn split_cri_log(log: &str) -> (String, String) {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    for line in log.lines() {
+        let mut fields = line.splitn(4, ' ');
+        let (_time, stream, _tag) = (fields.next(), fields.next(), fields.next());
+        let text = fields.next().unwrap_or("");
+        let target = if stream == Some("stderr") { &mut stderr } else { &mut stdout };
+        target.push_str(text);
+        target.push('\n');
+    }
+    (stdout, stderr)
 }
 
 /// Reads the container's host pid from containerd's verbose status, whose

@@ -107,6 +107,10 @@ done
 # ten times slower than on hardware, so the harness waits longer.
 export PARAPET_BIN={agent} PARAPET_TEST_WAIT_SECONDS={agent_wait} HOME=/root RUST_BACKTRACE=1
 
+# Containers start several times slower too: first_instruction starts 10
+# new containers of each kind instead of 100, so that it ends in time.
+export PARAPET_FIRST_PODS=2 PARAPET_FIRST_PER_POD=5
+
 # Runs each test of one binary in a process of its own, so that the host
 # can tell the output of one test from the next.
 run_binary() {{

@@ -36,7 +36,7 @@ use crate::test::workspace_root;
 /// NOTE: a test that starts the agent took 25 to 150 s in the guest (the
 /// exec and read-only tests on 6.12, measured on 2 busy cores), so about a
 /// dozen such tests fill the watchdog below.
-const GUEST_TESTS: [&str; 4] = ["backends", "harness_smoke", "lsm_backend", "restart"];
+const GUEST_TESTS: [&str; 5] = ["backends", "first_instruction", "harness_smoke", "lsm_backend", "restart"];
 
 /// Time the harness of the test crate waits for the agent's log lines and
 /// events in the guest (`PARAPET_TEST_WAIT_SECONDS`). Starting the agent
