@@ -166,6 +166,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     });
     let reader_sink = Arc::clone(&sink);
     let first_pass = Arc::new(tokio::sync::Notify::new());
+    let workloads_named = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let first_pass_done = Arc::clone(&first_pass);
     tokio::spawn(async move {
         // Records left in a pinned ring buffer by operations made while no
@@ -190,6 +191,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         identities: Arc::clone(&identities),
         backends: backends.clone(),
         status: Arc::clone(&status_snapshot),
+        workloads_named: Arc::clone(&workloads_named),
         started_unix_seconds: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|since| since.as_secs())
@@ -245,6 +247,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         activate_after_first_pass,
         remove_stale_read_only: maps_adopted,
         first_pass: Some(first_pass),
+        workloads_named: Arc::clone(&workloads_named),
         held: Default::default(),
         held_events: Some(crate::hold::spawn_reader(held_ring)),
     };
@@ -369,6 +372,8 @@ struct LoopState {
     remove_stale_read_only: bool,
     /// Told once the first pass over the workloads is done.
     first_pass: Option<Arc<tokio::sync::Notify>>,
+    /// Set once the first pass named the workloads; shared with `/metrics`.
+    workloads_named: Arc<std::sync::atomic::AtomicBool>,
     /// Processes stopped at their first instruction until their container
     /// is set up.
     held: crate::hold::Tracker,
@@ -575,6 +580,7 @@ impl LoopState {
             }
         }
         if let Some(first_pass) = self.first_pass.take() {
+            self.workloads_named.store(true, std::sync::atomic::Ordering::Release);
             first_pass.notify_one();
         }
     }

@@ -23,6 +23,11 @@ pub struct MetricsState {
     pub identities: Arc<RwLock<Identities>>,
     pub backends: Vec<Choice>,
     pub status: Arc<RwLock<crate::status::Status>>,
+    /// Set once the agent's first pass over the workloads named their
+    /// cgroups. Before that, the decision series are left out rather than
+    /// exported without their pod and container labels: after a restart the
+    /// pinned counters are there before the names are.
+    pub workloads_named: Arc<std::sync::atomic::AtomicBool>,
     /// When the agent started, in seconds since the Unix epoch.
     pub started_unix_seconds: u64,
 }
@@ -75,7 +80,8 @@ fn render(state: &MetricsState) -> String {
         let kernel = state.kernel.lock().unwrap_or_else(|e| e.into_inner());
         policed_cgroups = kernel.cgroup_policies.keys().flatten().collect();
         let identities = state.identities.read().unwrap_or_else(|e| e.into_inner());
-        for item in kernel.decision_counters.iter() {
+        let named = state.workloads_named.load(std::sync::atomic::Ordering::Acquire);
+        for item in kernel.decision_counters.iter().filter(|_| named) {
             let (key, per_cpu) = match item {
                 Ok(item) => item,
                 Err(error) => {

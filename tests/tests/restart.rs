@@ -131,6 +131,12 @@ async fn wait_for_refusals(log: &Path, skip_lines: usize) -> Result<usize> {
 /// Checks that the counters the agent exports now cover every refusal the
 /// attacker logged before the scrape.
 fn assert_counters_cover(agent: &Agent, log: &Path, from_line: usize, moment: &str) -> Result<()> {
+    // A started agent exports the decision series once its first pass over
+    // the workloads named their cgroups.
+    let started = std::time::Instant::now();
+    while violations(agent, "file")? == 0.0 && started.elapsed() < parapet_tests::agent::wait_limit() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (before_scrape, _) = outcomes(log, from_line)?;
     let network = violations(agent, "network")?;
     let file = violations(agent, "file")?;
