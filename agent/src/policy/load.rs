@@ -153,13 +153,8 @@ fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
             tracing::debug!(path = %path.display(), "skipping entry that is not a YAML file");
             continue;
         }
-        // `fs::metadata` follows symbolic links. A broken link is reported
-        // when the file is read. Opening a FIFO would block, so only regular
-        // files are read.
-        if fs::metadata(&path).is_ok_and(|metadata| !metadata.is_file()) {
-            tracing::debug!(path = %path.display(), "skipping entry that is not a regular file");
-            continue;
-        }
+        // A broken link, and an entry that is not a regular file, are
+        // reported when the file is read.
         files.push(path);
     }
     files.sort();
@@ -316,6 +311,16 @@ fn read_file(path: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
 /// [`parse_bytes`] then rejects.
 fn read_bytes(path: &Path) -> Result<Vec<u8>, PolicyError> {
     let file_error = |message: String| PolicyError::new(path, Position::FILE_START, message);
+    // `fs::metadata` follows symbolic links. Opening a FIFO would block, so
+    // anything but a regular file is rejected before it is opened.
+    if let Ok(metadata) = fs::metadata(path)
+        && !metadata.is_file()
+    {
+        return Err(file_error(
+            "not a regular file (a directory, FIFO, socket or device); a policy file must be a regular file"
+                .to_owned(),
+        ));
+    }
     let file = fs::File::open(path)
         .map_err(|error| file_error(format!("failed to read policy file: {error}")))?;
     // Read one byte past the limit, so that a file that grows while it is
@@ -391,6 +396,17 @@ pub fn parse_str(text: &str, source: &Path) -> Result<Vec<Policy>, Vec<PolicyErr
                 "invalid YAML: character U+{:04X} is not allowed. YAML text may contain tab, \
                  line feed and carriage return but no other control character",
                 u32::from(character)
+            ),
+        )]);
+    }
+    if let Some(position) = super::nesting::too_deep(text) {
+        return Err(vec![PolicyError::new(
+            source,
+            position,
+            format!(
+                "invalid YAML: lists and mappings nest more than 128 levels deep (brackets here \
+                 open level {})",
+                super::nesting::MAX_FLOW_DEPTH + 1
             ),
         )]);
     }
@@ -1256,10 +1272,13 @@ spec:
         fs::create_dir(root.join("nested.yaml")).unwrap();
         std::os::unix::fs::symlink("absent.yaml", root.join("c-broken-link.yaml")).unwrap();
         let errors = load_dir(root).unwrap_err();
-        assert_eq!(errors.len(), 1);
+        assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].file, root.join("c-broken-link.yaml"));
+        assert_eq!(errors[1].file, root.join("nested.yaml"));
+        assert!(errors[1].message.contains("not a regular file"), "{}", errors[1].message);
 
         fs::remove_file(root.join("c-broken-link.yaml")).unwrap();
+        fs::remove_dir(root.join("nested.yaml")).unwrap();
         let policies = load_dir(root).unwrap();
         let names: Vec<&str> = policies.iter().map(|policy| policy.name.as_str()).collect();
         assert_eq!(names, ["records-db", "records-api"]);

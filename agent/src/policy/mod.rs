@@ -110,6 +110,7 @@ mod net;
 mod paths;
 mod schema;
 mod select;
+mod nesting;
 mod yaml;
 
 pub use load::{
