@@ -356,7 +356,9 @@ pub fn parse_bytes(bytes: &[u8], source: &Path) -> Result<Vec<Policy>, Vec<Polic
         };
         vec![PolicyError::new(source, end_position(valid), message)]
     })?;
-    parse_str(text, source)
+    // YAML allows a byte order mark at the start, and editors on some
+    // systems write one; the parser would take it for content.
+    parse_str(text.strip_prefix('\u{feff}').unwrap_or(text), source)
 }
 
 /// Finds the first character that YAML 1.2 does not allow in a file: a
@@ -1249,6 +1251,13 @@ spec:
             "{}",
             error.message
         );
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        let with_mark = format!("\u{feff}{CLINIC}");
+        let policies = parse_bytes(with_mark.as_bytes(), Path::new("bom.yaml")).unwrap();
+        assert_eq!(policies[0].name, "records-db");
     }
 
     #[test]
