@@ -5,9 +5,9 @@
 //! `ACTIVE_GENERATION` map, pinned under bpffs and shared by every load,
 //! names the one generation whose programs act. A new agent attaches its
 //! programs while the previous ones still act, fills the maps, and then
-//! writes its own number there: from that write on the old programs step
-//! aside and the new ones act, so no operation is judged by neither and
-//! none is judged or counted twice.
+//! writes its own number there. From that write on, the old programs step
+//! aside and the new ones act. Every operation is therefore judged and
+//! counted by exactly one generation.
 
 use aya_ebpf::{macros::map, maps::{Array, HashMap}};
 use parapet_common::{MAX_POLICY_SLOTS, PolicyName};

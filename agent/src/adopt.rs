@@ -1,10 +1,10 @@
 //! Taking over the kernel state an earlier agent left in pinned maps.
 //!
-//! A restarted agent shares the maps of the one before it (see `pins`). It
-//! treats what it finds like a policy set it is about to replace: the
+//! A restarted agent shares the maps of the one before it (see `pins`), and
+//! treats what it finds like a policy set it is about to replace. The
 //! policy slots in use stay untouched until every cgroup entry points at
-//! the slots of its own policies, entries of workloads that are gone are
-//! removed once the runtime has listed the workloads, and read-only mount
+//! the slots of its own policies. Entries of workloads that are gone are
+//! removed once the runtime has listed the workloads. Read-only mount
 //! entries of containers that are gone are removed after the first pass
 //! over the read-only containers.
 
@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::kernel::Kernel;
 
-/// What an earlier agent left in the maps.
+/// Kernel state an earlier agent left in the maps.
 #[derive(Debug, Default)]
 pub struct Adopted {
     /// Slots that hold or held a policy: released after the first apply.

@@ -81,7 +81,7 @@ fn render(state: &MetricsState) -> String {
         policed_cgroups = kernel.cgroup_policies.keys().flatten().collect();
         let identities = state.identities.read().unwrap_or_else(|e| e.into_inner());
         let named = state.workloads_named.load(std::sync::atomic::Ordering::Acquire);
-        for item in kernel.decision_counters.iter().filter(|_| named) {
+        for item in named.then(|| kernel.decision_counters.iter()).into_iter().flatten() {
             let (key, per_cpu) = match item {
                 Ok(item) => item,
                 Err(error) => {

@@ -160,7 +160,7 @@ impl Pins {
         };
         fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
         let lock = lock(dir)?;
-        let layout = layout_hash(object)?;
+        let (map_names, layout) = pinned_maps(object)?;
         let maps_dir = dir.join(format!("maps-{layout}"));
         let maps_adopted = maps_dir.is_dir();
         fs::create_dir_all(&maps_dir).map_err(io_error("creating", &maps_dir))?;
@@ -175,7 +175,7 @@ impl Pins {
         }
         let links_dir = dir.join(format!("links-{generation}"));
         fs::create_dir_all(&links_dir).map_err(io_error("creating", &links_dir))?;
-        let mut map_paths: Vec<(String, PathBuf)> = map_names_in(object)?
+        let mut map_paths: Vec<(String, PathBuf)> = map_names
             .into_iter()
             .map(|name| {
                 let path = maps_dir.join(&name);
@@ -262,8 +262,8 @@ impl Pins {
 }
 
 /// Removes every pinned object under `dir`, which detaches every program of
-/// every generation. Refuses while an agent holds the directory. Returns
-/// the number of pins removed.
+/// every generation. Fails while an agent has the directory locked.
+/// Returns the number of pins removed.
 pub fn uninstall(dir: &Path) -> Result<usize, PinError> {
     if !dir.exists() {
         return Ok(0);
@@ -358,29 +358,24 @@ fn remove_logged(path: &Path, what: &str) {
     }
 }
 
-/// Returns the names of the object's maps that are pinned: all but the
-/// loader's own data sections (`.rodata`, `.bss`, `.data`), which hold the
+/// Returns the names of the object's maps that are pinned, sorted, and a
+/// short hex hash of their definitions. The loader's own data sections
+/// (`.rodata`, `.bss`, `.data`) are left out, because they contain the
 /// per-load globals such as the generation.
-fn map_names_in(object: &[u8]) -> Result<Vec<String>, PinError> {
-    let parsed = aya_obj::Object::parse(object).map_err(PinError::Object)?;
-    let mut names: Vec<String> = parsed.maps.keys().filter(|name| !name.starts_with('.')).cloned().collect();
-    names.sort();
-    Ok(names)
-}
-
-/// Hashes the definitions of the pinned maps into a short hex string.
-fn layout_hash(object: &[u8]) -> Result<String, PinError> {
+fn pinned_maps(object: &[u8]) -> Result<(Vec<String>, String), PinError> {
     let parsed = aya_obj::Object::parse(object).map_err(PinError::Object)?;
     let mut maps: Vec<_> = parsed.maps.iter().filter(|(name, _)| !name.starts_with('.')).collect();
     maps.sort_by(|a, b| a.0.cmp(b.0));
     let mut hasher = sha2::Sha256::new();
     hasher.update(LAYOUT_REVISION.to_le_bytes());
-    for (name, map) in maps {
+    for (name, map) in &maps {
         hasher.update(name.as_bytes());
         for value in [map.map_type(), map.key_size(), map.value_size(), map.max_entries(), map.map_flags()] {
             hasher.update(value.to_le_bytes());
         }
     }
     let digest = hasher.finalize();
-    Ok(digest[..8].iter().map(|byte| format!("{byte:02x}")).collect())
+    let layout = digest[..8].iter().map(|byte| format!("{byte:02x}")).collect();
+    let names = maps.into_iter().map(|(name, _)| name.clone()).collect();
+    Ok((names, layout))
 }

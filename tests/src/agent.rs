@@ -121,7 +121,7 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The bpffs folder the agent pins its kernel objects in.
+    /// Returns the bpffs folder the agent pins its kernel objects in.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.pin_dir()
     }

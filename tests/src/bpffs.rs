@@ -35,7 +35,8 @@ impl PrivateBpffs {
         })
     }
 
-    /// The pin directory an agent is given: a folder inside this bpffs.
+    /// Returns the pin directory an agent is given: a folder inside this
+    /// bpffs.
     pub fn pin_dir(&self) -> PathBuf {
         self.mount_point.join("parapet")
     }

@@ -1,9 +1,9 @@
 //! A linear pre-scan for deeply nested flow collections. libyaml, under
 //! serde_yaml 0.9, takes time that grows faster than the depth for flow
-//! collections nested tens of thousands deep (100,000 `[` in a 200 KB file
-//! did not finish within two minutes), and serde_yaml's own limit of 128
-//! levels applies only after libyaml has scanned them. Rejecting such text
-//! first keeps a small file from stalling the agent.
+//! collections nested tens of thousands deep: 100,000 `[` in a 200 KB file
+//! did not finish within two minutes. serde_yaml's own limit of 128 levels
+//! applies only after libyaml has scanned them. Rejecting such text first
+//! keeps a small file from stalling the agent.
 //!
 //! Block collections need more indentation per level, so the file size
 //! limit already bounds their depth to about 1,400 levels, which libyaml
@@ -69,7 +69,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deep_flow_sequence_is_found_at_the_first_bracket_too_deep() {
+    fn deep_flow_sequence_found_at_limit() {
         let text = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
         let started = std::time::Instant::now();
         let position = too_deep(&text).expect("too deep");
