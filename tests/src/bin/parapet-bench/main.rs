@@ -1,0 +1,74 @@
+//! `parapet-bench`, run by `cargo xtask bench`: measures what the agent
+//! costs a node against running without it, in one run, and writes the
+//! table of results as Markdown and JSON.
+
+mod machine;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use report::Row;
+
+/// What the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rounds per measurement; each round measures every configuration.
+    pub rounds: usize,
+    /// Where `bench.md` and `bench.json` go.
+    pub out: PathBuf,
+    /// Groups to run; empty means all.
+    pub only: Vec<String>,
+}
+
+/// The groups of measurements, in the order they run. Each group's module
+/// has `pub async fn run(options: &Options) -> Result<Vec<Row>>`.
+const GROUPS: [&str; 0] = [];
+
+async fn run_group(group: &str, _options: &Options) -> Result<Vec<Row>> {
+    bail!("no group {group:?}")
+}
+
+fn parse_options() -> Result<Options> {
+    let mut options = Options { rounds: 5, out: PathBuf::from("target/bench"), only: Vec::new() };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                let value = args.next().unwrap_or_default();
+                options.rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|rounds| *rounds > 0)
+                    .ok_or_else(|| anyhow::anyhow!("--rounds needs a whole number above 0, got {value:?}"))?;
+            }
+            "--out" => options.out = PathBuf::from(args.next().unwrap_or_default()),
+            "--only" => {
+                let group = args.next().unwrap_or_default();
+                if !GROUPS.contains(&group.as_str()) {
+                    bail!("--only {group:?}: no such group; the groups are {}", GROUPS.join(", "));
+                }
+                options.only.push(group);
+            }
+            other => bail!("unknown argument {other:?}; usage: parapet-bench [--rounds N] [--out DIR] [--only GROUP]..."),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let options = parse_options()?;
+    let mut rows: Vec<Row> = Vec::new();
+    for group in GROUPS {
+        if options.only.is_empty() || options.only.iter().any(|only| only == group) {
+            println!("bench: {group}");
+            rows.extend(run_group(group, &options).await?);
+        }
+    }
+    let machine = machine::describe(options.rounds)?;
+    report::write(&options.out, &machine, &rows)?;
+    print!("{}", report::markdown(&machine, &rows));
+    println!("\nwritten to {}", options.out.join("bench.md").display());
+    Ok(())
+}
