@@ -19,6 +19,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Groups to run; empty means all.
     pub only: Vec<String>,
+    /// Small counts and few rounds, for a smoke test.
+    pub quick: bool,
 }
 
 /// The groups of measurements, in the order they run. Each group's module
@@ -30,7 +32,7 @@ async fn run_group(group: &str, _options: &Options) -> Result<Vec<Row>> {
 }
 
 fn parse_options() -> Result<Options> {
-    let mut options = Options { rounds: 5, out: PathBuf::from("target/bench"), only: Vec::new() };
+    let mut options = Options { rounds: 5, out: PathBuf::from("target/bench"), only: Vec::new(), quick: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -42,6 +44,7 @@ fn parse_options() -> Result<Options> {
                     .filter(|rounds| *rounds > 0)
                     .ok_or_else(|| anyhow::anyhow!("--rounds needs a whole number above 0, got {value:?}"))?;
             }
+            "--quick" => options.quick = true,
             "--out" => options.out = PathBuf::from(args.next().unwrap_or_default()),
             "--only" => {
                 let group = args.next().unwrap_or_default();
@@ -50,7 +53,7 @@ fn parse_options() -> Result<Options> {
                 }
                 options.only.push(group);
             }
-            other => bail!("unknown argument {other:?}; usage: parapet-bench [--rounds N] [--out DIR] [--only GROUP]..."),
+            other => bail!("unknown argument {other:?}; usage: parapet-bench [--rounds N] [--quick] [--out DIR] [--only GROUP]..."),
         }
     }
     Ok(options)
