@@ -208,7 +208,11 @@ impl Agent {
     /// Events printed on stdout so far.
     pub fn events(&self) -> Result<Vec<Event>> {
         let text = fs::read_to_string(&self.stdout_path)?;
-        text.lines()
+        // The agent may be writing the last line as it is read; only whole
+        // lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|line| !line.trim().is_empty())
             .map(|line| {
                 serde_json::from_str(line).with_context(|| format!("invalid event line: {line}"))

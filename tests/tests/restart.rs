@@ -195,16 +195,25 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
         event.kind == Kind::Network && event.verdict == VerdictName::Deny && event.pod.as_deref() == Some("attacker")
     })?;
     println!("first event of the restarted agent: {replayed:?}");
-    let reported = agent
-        .events()?
-        .iter()
-        .filter(|event| event.kind == Kind::Network && event.pod.as_deref() == Some("attacker"))
-        .count() as u64;
-    assert!(
-        reported >= while_down.connects_refused,
-        "the restarted agent reported {reported} refused connects, fewer than the {} made while no agent ran",
-        while_down.connects_refused
-    );
+    // The records wait in the ring buffer until the first pass has named
+    // the workloads, so the rest may follow the first one by a moment.
+    let started = std::time::Instant::now();
+    loop {
+        let reported = agent
+            .events()?
+            .iter()
+            .filter(|event| event.kind == Kind::Network && event.pod.as_deref() == Some("attacker"))
+            .count() as u64;
+        if reported >= while_down.connects_refused {
+            break;
+        }
+        assert!(
+            started.elapsed() < parapet_tests::agent::wait_limit(),
+            "the restarted agent reported {reported} refused connects, fewer than the {} made while no agent ran",
+            while_down.connects_refused
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // An upgrade: the running agent stops with SIGTERM and another binary
     // starts on the same pins.
@@ -247,12 +256,18 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     assert!(!agent.pin_dir().exists());
     wait_socket_programs_detached(&containerd.cgroup().v2_path())?;
     let (after_uninstall, _) = outcomes(&log, 0)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (later, _) = outcomes(&log, 0)?;
-    assert!(
-        later.connects_through > after_uninstall.connects_through,
-        "after uninstall the connects are no longer refused: {later:?}"
-    );
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (later, _) = outcomes(&log, 0)?;
+        if later.connects_through > after_uninstall.connects_through {
+            break;
+        }
+        assert!(
+            started.elapsed() < parapet_tests::agent::wait_limit(),
+            "after uninstall the connects are still refused: {later:?}"
+        );
+    }
 
     attacker.remove().await?;
     server.remove().await?;
