@@ -10,7 +10,7 @@
 //! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
 //! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
 //! netprobe attempts STOP WRITE ADDR:PORT...  connects and a file creation in a loop (see `attempts`)
-//! netprobe bench OP COUNT              COUNT operations, prints ns per operation (see `bench`)
+//! netprobe bench OP COUNT...           COUNT operations of each OP, prints ns per operation (see `bench`)
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
@@ -51,7 +51,7 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe uring symlinkat TARGET LINK\n       \
                      netprobe held PATH TRIGGER RESULT\n       \
                      netprobe attempts STOP WRITE ADDR:PORT...\n       \
-                     netprobe bench open|write-1m|write-512|stat|connect|udp|exec COUNT\n       \
+                     netprobe bench open|write-1m|write-512|stat|connect|udp|exec COUNT [OP COUNT]...\n       \
                      netprobe bench first-connect ADDR PORT";
 
 #[derive(Clone, Copy)]

@@ -40,7 +40,7 @@ const REFUSED_PORT: u16 = 8081;
 const SETTLE: Duration = Duration::from_millis(1000);
 /// New containers per configuration per round.
 const CONTAINERS: usize = 3;
-/// The longest a new container may take to make its connect and exit.
+/// Maximum time a new container may take to make its connect and exit.
 const EXIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Returns the client's policy, allowing egress to the server on `port`.
@@ -127,8 +127,8 @@ async fn measure(options: &Options, containerd: &Containerd) -> Result<Vec<Row>>
 }
 
 /// Tightens the client's policy while its attempts run, then loosens it
-/// again; returns the ms from each rename to the first attempt refused,
-/// and to the first allowed again.
+/// again. Returns the ms from each rename to the first attempt with the new
+/// outcome: refused, then allowed again.
 async fn policy_change(agent: &Agent, client: &Pod, server: IpAddr) -> Result<(f64, f64)> {
     let stop = "/tmp/bench-stop";
     let target = format!("{server}:{SERVER_PORT}");
