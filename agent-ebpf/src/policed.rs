@@ -50,6 +50,11 @@ fn entry() -> Option<Policed> {
     // it stops at the task's own level: most tasks sit a few levels deep,
     // and a walk from the deepest possible level up would make a helper
     // call for each empty level on every unpoliced task's hook.
+    // NOTE: an unpoliced task still pays one map lookup per level, about
+    // five in a pod, on every connect and datagram: `cargo xtask bench`
+    // puts a UDP send about 15% above running without the agent. A cache
+    // of the answer per cgroup id, dropped whenever the agent changes this
+    // map, would make it one lookup.
     let mut found: Option<Policed> = None;
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH as i32 {
