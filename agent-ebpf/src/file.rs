@@ -24,7 +24,7 @@
 //! kernel but not reported: syscall tracepoints do not see them.
 //!
 //! NOTE: these tracepoints slow down every process on the node, policed or
-//! not, on each watched syscall: open and close took about 12% more CPU
+//! not, on each watched syscall: open and close took 8 to 10% more CPU
 //! time in `cargo xtask bench` on Linux 6.18. A profile puts most of it in
 //! the kernel's syscall tracepoint path (`perf_syscall_enter` and
 //! `perf_syscall_exit` copy the arguments into a perf record before any
