@@ -46,10 +46,10 @@ fn entry() -> Option<Policed> {
         });
     }
     // Level 0 is the root cgroup, which the agent never puts under policy.
-    // The walk goes down from level 1 and keeps the deepest match, so that
-    // it stops at the task's own level: most tasks sit a few levels deep,
-    // and a walk from the deepest possible level up would make a helper
-    // call for each empty level on every unpoliced task's hook.
+    // The walk goes down from level 1, keeps the deepest match and stops
+    // at the task's own level. Most tasks sit a few levels deep, so a walk
+    // up from the deepest possible level would make a helper call for each
+    // empty level on every unpoliced task's hook.
     // NOTE: an unpoliced task still pays one map lookup per level, about
     // five in a pod, on every connect and datagram: `cargo xtask bench`
     // puts a UDP send 12 to 16% above running without the agent. A cache

@@ -1,8 +1,8 @@
 //! `netprobe bench OP COUNT [OP COUNT]...`: runs COUNT system call
 //! operations of each kind OP in turn and prints, for each, the mean CPU
-//! time per operation in nanoseconds, measured inside this process, so
-//! that starting the process (and, in a pod, the runtime's exec) is not
-//! counted. CPU time (this process's, plus that of the children it waited
+//! time per operation in nanoseconds. It is measured inside this process,
+//! so starting the process (and, in a pod, the runtime's exec) does not
+//! count. CPU time (this process's, plus that of the children it waited
 //! for) leaves out the time other processes ran in between, which on a
 //! shared machine swamps the overhead being measured. The kernel programs
 //! that hook these calls run in the calling process, so their cost is in
@@ -143,7 +143,7 @@ impl Operation {
                 Self::Connect { listener, address }
             }
             "udp" => {
-                // Nobody reads the receiver: once its buffer is full the
+                // The receiver is never read. Once its buffer is full, the
                 // kernel drops each datagram, the same way in every run.
                 let receiver = UdpSocket::bind(SocketAddrV4::new(loopback, UDP_PORT))?;
                 let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;

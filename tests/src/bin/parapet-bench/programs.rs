@@ -3,7 +3,7 @@
 //! wait until the kernel has freed every one of them.
 //!
 //! Other agents on the machine (other test runs) load programs with the
-//! same names, so programs are told apart by id, not by name.
+//! same names, so programs are distinguished by id, not by name.
 
 use std::{
     fs,
@@ -18,8 +18,8 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 /// reference went: links are released from a work queue.
 const FREE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Returns the ids of the BPF programs that process `pid` holds through a
-/// program or link descriptor (the `prog_id:` line of `/proc/PID/fdinfo`).
+/// Returns the ids of the BPF programs that process `pid` has open through
+/// a program or link descriptor (the `prog_id:` line of `/proc/PID/fdinfo`).
 pub fn held_by(pid: u32) -> Result<Vec<u32>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut ids = Vec::new();

@@ -159,7 +159,7 @@ async fn policy_change(agent: &Agent, client: &Pod, server: IpAddr) -> Result<(f
 }
 
 /// Writes the client's policy to a hidden file and renames it over
-/// `client.yaml`; returns the CLOCK_REALTIME ns just before the rename.
+/// `client.yaml`. Returns the CLOCK_REALTIME ns just before the rename.
 fn rename_policy(agent: &Agent, yaml: &str) -> Result<u128> {
     let temporary = agent.policy_dir.join(".client.yaml.new");
     fs::write(&temporary, yaml).with_context(|| format!("failed to write {}", temporary.display()))?;
@@ -183,7 +183,7 @@ fn first_change(output: &str, name: &str, outcome: &str, after: u128) -> Option<
 }
 
 /// Starts `count` containers in `pod`, each connecting once to the refused
-/// port; returns the ms from CreateContainer to each connect, and how many
+/// port. Returns the ms from CreateContainer to each connect, and how many
 /// of the connects a policy refused.
 async fn start_times(pod: &Pod, count: usize, server: IpAddr) -> Result<(Vec<f64>, usize)> {
     let mut times = Vec::new();
@@ -216,12 +216,14 @@ fn rows(results: &[Round]) -> Vec<Row> {
         .to_owned();
     let mut loosened = Row::new(GROUP, "policy change → first allowed again", "ms", Target::None);
     loosened.context = "the same, for the rename that restores the allowing policy".to_owned();
-    // The agent holds a new container until its policy is in force, so
-    // the start takes longer with the agent. No peer publishes a figure to
-    // hold this to; the share of first connects refused is the promise.
+    // The agent may stop a new container's first program until its policy
+    // is in force, which can lengthen a start. No peer publishes a figure
+    // to compare the start time with, so no target applies to it. The
+    // promise is the share of first connects refused, held to 100%.
     let mut start = Row::new(GROUP, "container start → first operation, policed", "ms", Target::None);
     let mut ratio = Row::new(GROUP, "container start, agent / no agent", "ratio", Target::None);
     let mut share = Row::new(GROUP, "new containers refused at their first connect", "%", Target::AtLeast(100.0));
+
     let mut with_all = Vec::new();
     let mut without_all = Vec::new();
     let (mut refused, mut started) = (0, 0);
@@ -238,6 +240,7 @@ fn rows(results: &[Round]) -> Vec<Row> {
         refused += round.refused_first;
         started += round.started_policed;
     }
+
     start.context = "from CreateContainer to the container's first connect, which the pod's policy refuses".to_owned();
     ratio.context = format!(
         "{:.0} ms with the agent, {:.0} ms without (medians)",
