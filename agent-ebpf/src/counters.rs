@@ -16,23 +16,32 @@ static DECISION_COUNTERS: PerCpuHashMap<CounterKey, u64> =
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
-/// Adds one to the decision counter of `key`.
+/// Adds one to the decision counter of `key`. Returns this CPU's count for
+/// the key after the addition, or 0 when the map had no room for it.
 #[inline(always)]
-pub fn count_decision(key: &CounterKey) {
+pub fn count_decision(key: &CounterKey) -> u64 {
     if let Some(count) = DECISION_COUNTERS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value is only touched by this CPU, and programs
         // do not preempt each other on one CPU.
-        unsafe { *count += 1 };
-        return;
+        unsafe {
+            *count += 1;
+            return *count;
+        }
     }
     if DECISION_COUNTERS.insert(key, &1, BPF_NOEXIST as u64).is_ok() {
-        return;
+        return 1;
     }
     // Another CPU may have created the key between the lookup and the
     // insert; only a full map is a loss.
     match DECISION_COUNTERS.get_ptr_mut(key) {
-        Some(count) => unsafe { *count += 1 },
-        None => count_loss(loss::COUNTERS_FULL),
+        Some(count) => unsafe {
+            *count += 1;
+            *count
+        },
+        None => {
+            count_loss(loss::COUNTERS_FULL);
+            0
+        }
     }
 }
 

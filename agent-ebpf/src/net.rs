@@ -117,7 +117,11 @@ pub(crate) fn check(policed: &policed::Policed, peer: &Peer, kind: EventKind) ->
     }
 }
 
-/// Counts a decision and sends its event record.
+/// Counts a decision and sends its event record. Every refusal is sent.
+/// An allowed call is sent only when its counter on this CPU reaches 1, 2,
+/// 4, 8 and so on, because a workload that connects thousands of times a
+/// second would otherwise pay a ring buffer record and a wake-up of the
+/// agent on every call. The counter still counts every allowed call.
 #[inline(always)]
 pub(crate) fn count_and_report(
     policed: &policed::Policed,
@@ -125,13 +129,16 @@ pub(crate) fn count_and_report(
     kind: EventKind,
     decision: &Decision,
 ) {
-    count_decision(&CounterKey {
+    let count = count_decision(&CounterKey {
         cgroup_id: policed.policed_cgroup_id,
         policy_slot: decision.policy_slot,
         rule: decision.rule,
         kind: kind as u32,
         verdict: decision.verdict as u32,
     });
+    if decision.verdict == Verdict::Allow && !count.is_power_of_two() {
+        return;
+    }
     report(policed, peer, kind, decision);
 }
 

@@ -154,6 +154,14 @@ impl Pod {
         Ok(container_id)
     }
 
+    /// Removes container `container_id` of this pod, which must have exited.
+    pub async fn remove_container(&self, container_id: &str) -> Result<()> {
+        self.cri
+            .remove_container(container_id)
+            .await
+            .with_context(|| format!("failed to remove container {container_id} from pod {}/{}", self.namespace, self.name))
+    }
+
     /// Waits up to `limit` for container `container_id` of this pod, named
     /// `name`, to exit, and returns its exit code and what it wrote to
     /// stdout and stderr, from the log file the runtime keeps.

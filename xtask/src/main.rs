@@ -1,6 +1,7 @@
-//! Developer and CI tasks: `cargo xtask setup`, `test`, `fuzz`, `vm-test` and
-//! `demo`.
+//! Developer and CI tasks: `cargo xtask setup`, `test`, `fuzz`, `vm-test`,
+//! `bench` and `demo`.
 
+mod bench;
 mod deploy_checks;
 mod fuzz;
 mod setup;
@@ -52,6 +53,26 @@ enum Command {
     /// containerd and two real pods, runs the agent with an example policy,
     /// and cleans up afterwards (needs root).
     Demo,
+    /// Set up, build, and measure what the agent costs against running
+    /// without it: syscall overhead and reaction time on real pods (needs
+    /// root). Writes target/bench/bench.md and bench.json.
+    Bench {
+        /// Rounds per measurement; each round measures every configuration.
+        /// Default: parapet-bench's own (5).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Small counts and one round, for a smoke test.
+        #[arg(long)]
+        quick: bool,
+        /// Groups to run (`syscalls`, `reaction`, ...); repeat for several.
+        /// Default: every group.
+        #[arg(long = "only", value_name = "GROUP")]
+        only: Vec<String>,
+        /// Copy the results to docs/bench.md and docs/bench.json and the
+        /// table into README.md.
+        #[arg(long)]
+        publish: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +89,10 @@ fn main() -> anyhow::Result<()> {
         Command::VmTest { kernels, filters } => {
             setup::run()?;
             vm::run(&kernels, &filters)
+        }
+        Command::Bench { rounds, quick, only, publish } => {
+            setup::run()?;
+            bench::run(&bench::BenchOptions { rounds, quick, only, publish })
         }
         Command::Demo => {
             setup::run()?;

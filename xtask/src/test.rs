@@ -25,7 +25,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn build_release() -> anyhow::Result<PathBuf> {
+pub fn build_release() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     run_command(
         Command::new("cargo")

@@ -10,6 +10,7 @@
 //! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
 //! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
 //! netprobe attempts STOP WRITE ADDR:PORT...  connects and a file creation in a loop (see `attempts`)
+//! netprobe bench OP COUNT...           COUNT operations of each OP, prints ns per operation (see `bench`)
 //! ```
 //!
 //! `connect` and `send` print `ok` and exit 0, or print
@@ -22,6 +23,7 @@
 //! `io_uring unavailable: ...` when the ring cannot be set up (exit 4).
 
 mod attempts;
+mod bench;
 mod held;
 mod uring;
 
@@ -48,7 +50,9 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe uring renameat|linkat FROM TO\n       \
                      netprobe uring symlinkat TARGET LINK\n       \
                      netprobe held PATH TRIGGER RESULT\n       \
-                     netprobe attempts STOP WRITE ADDR:PORT...";
+                     netprobe attempts STOP WRITE ADDR:PORT...\n       \
+                     netprobe bench open|write-1m|write-512|stat|connect|udp|exec COUNT [OP COUNT]...\n       \
+                     netprobe bench first-connect ADDR PORT";
 
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -59,6 +63,9 @@ enum Protocol {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(("bench", rest)) = args.split_first().map(|(first, rest)| (*first, rest)) {
+        return bench::run(rest);
+    }
     match parse(&args) {
         Ok(Command::Connect(protocol, target)) => report(connect(protocol, target)),
         Ok(Command::Send(target)) => report(send_unconnected(target)),

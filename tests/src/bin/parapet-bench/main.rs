@@ -3,7 +3,10 @@
 //! table of results as Markdown and JSON.
 
 mod machine;
+mod programs;
+mod reaction;
 mod report;
+mod syscalls;
 
 use std::path::PathBuf;
 
@@ -25,10 +28,24 @@ pub struct Options {
 
 /// The groups of measurements, in the order they run. Each group's module
 /// has `pub async fn run(options: &Options) -> Result<Vec<Row>>`.
-const GROUPS: [&str; 0] = [];
+const GROUPS: [&str; 2] = ["syscalls", "reaction"];
 
-async fn run_group(group: &str, _options: &Options) -> Result<Vec<Row>> {
-    bail!("no group {group:?}")
+async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
+    match group {
+        "syscalls" => syscalls::run(options).await,
+        "reaction" => reaction::run(options).await,
+        _ => bail!("no group {group:?}"),
+    }
+}
+
+/// Returns the path of `netprobe`, which is built next to this binary.
+pub fn netprobe_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("netprobe");
+    if !path.is_file() {
+        bail!("netprobe not found at {}; build it with cargo build --release --bins", path.display());
+    }
+    Ok(path)
 }
 
 fn parse_options() -> Result<Options> {
