@@ -145,6 +145,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     enforcer.install_policies(&mut kernel, policies)?;
     name_slots(&enforcer, &identities);
     log_policies(&enforcer);
+    crate::heap::release_free();
     // Programs that share the maps of the generation before them, or that
     // have no generation before them, act at once. Programs with maps of
     // their own wait until the first pass over the workloads filled them,
