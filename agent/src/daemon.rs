@@ -151,7 +151,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     enforcer.install_policies(&mut kernel, policies)?;
     name_slots(&enforcer, &identities);
     log_policies(&enforcer);
-    crate::heap::release_free();
+    crate::memory::release_free_heap();
+    match crate::memory::release_read_only(crate::kernel::PROGRAMS) {
+        Ok(bytes) => tracing::debug!(bytes, "released the pages of the loaded kernel object"),
+        Err(reason) => warn!(reason = %reason, "failed to release the pages of the loaded kernel object; they stay resident"),
+    }
     // Programs that share the maps of the generation before them, or that
     // have no generation before them, act at once. Programs with maps of
     // their own wait until the first pass over the workloads filled them,
@@ -572,7 +576,7 @@ impl LoopState {
             // lists and maps that are freed by now; about every
             // CRI_REFRESH, hand their pages back. It takes well under a
             // millisecond.
-            crate::heap::release_free();
+            crate::memory::release_free_heap();
         }
         true
     }
