@@ -3,7 +3,7 @@
 //! instead of at its next periodic scan, and can scan seldom while nothing
 //! changes.
 //!
-//! inotify sees `mkdir` and `rmdir` in cgroupfs like in any directory. The
+//! inotify reports `mkdir` and `rmdir` in cgroupfs as in any directory. The
 //! watcher watches the attach cgroup and every directory below it down to
 //! the pod level (QoS classes, pods), but not the containers themselves,
 //! so cgroups nested inside a container are found by the periodic scan.

@@ -2,10 +2,10 @@
 //!
 //! Start-up parses the kernel's BTF (several MiB) and the kernel object
 //! file embedded in the binary (about 6 MiB with its debug sections). Once
-//! the programs are loaded, most of the heap is free yet still resident,
-//! because glibc's malloc keeps freed memory for reuse and on its own
-//! returns only the free space at the top of an arena, and the pages of
-//! the embedded object stay mapped although nothing reads them again.
+//! the programs are loaded, most of the heap is free yet still resident:
+//! glibc's malloc keeps freed memory for reuse and on its own returns only
+//! the free space at the top of an arena. The pages of the embedded object
+//! also stay mapped, although nothing reads them again.
 
 use std::fs;
 
@@ -52,7 +52,7 @@ pub fn release_read_only(data: &'static [u8]) -> Result<usize, String> {
     Ok(last - first)
 }
 
-/// Whether a line of `/proc/self/maps` is a read-only, private mapping of
+/// Returns whether a line of `/proc/self/maps` is a read-only, private mapping of
 /// a file that contains the addresses `start..end`.
 fn is_read_only_file_mapping(line: &str, start: usize, end: usize) -> bool {
     let fields: Vec<&str> = line.split_whitespace().collect();

@@ -1,7 +1,7 @@
 //! Many workloads without a container runtime: pod and container cgroups
 //! made by hand below a run's cgroup, each container cgroup with one
 //! sleeping process, and a CRI runtime service that lists them as running
-//! pods and containers. The agent sees them as it would see real pods; a
+//! pods and containers. The agent treats them as real pods, and a
 //! machine that cannot hold a thousand real pods can hold a thousand of
 //! these.
 //!
@@ -30,7 +30,7 @@ use crate::{
     },
 };
 
-/// QoS folder below the run's cgroup that holds the fake pods, apart from
+/// QoS folder below the run's cgroup that contains the fake pods, apart from
 /// the `besteffort` folder of real pods.
 const QOS_FOLDER: &str = "burstable";
 

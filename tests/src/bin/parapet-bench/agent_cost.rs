@@ -94,8 +94,8 @@ async fn measure_all(containerd: &Containerd, sizes: &Sizes) -> Result<Vec<Row>>
     Ok(rows)
 }
 
-/// A thousand workloads (in the full run) made of cgroups and a fake
-/// runtime, under the policies.
+/// Measures the agent with a thousand workloads (in the full run) made of
+/// cgroups and a fake runtime, under the policies.
 async fn with_fake_workloads(containerd: &Containerd, sizes: &Sizes, policies: &[(String, String)]) -> Result<Vec<Row>> {
     let count = sizes.fake_workloads;
     let fake = FakeWorkloads::create(containerd.cgroup(), count, NAMESPACE, "fake", |number| {
@@ -121,8 +121,8 @@ async fn with_fake_workloads(containerd: &Containerd, sizes: &Sizes, policies: &
     measured
 }
 
-/// Real pods under the policies, then a flood of denied sends from one of
-/// them.
+/// Measures the agent with real pods under the policies, then during a
+/// flood of denied sends from one of them.
 async fn with_real_pods(containerd: &Containerd, sizes: &Sizes, policies: &[(String, String)]) -> Result<Vec<Row>> {
     let mut agent = Agent::start(containerd, &borrowed(policies))?;
     agent.wait_ready()?;
@@ -224,7 +224,7 @@ async fn wait_containers_enforced(agent: &Agent, count: usize) -> Result<()> {
 }
 
 /// Returns `count` policies as (file name, YAML): policy `w<k>` selects
-/// the pods labelled `app=w<k>` and lets them reach one /16 on TCP 443,
+/// the pods labelled `app=w<k>` and lets them reach one /24 on TCP 443,
 /// except `w0`, which denies every connection.
 fn policies(count: usize) -> Vec<(String, String)> {
     (0..count)

@@ -28,7 +28,7 @@ impl Memory {
         self.rss as f64 / KIB_PER_MIB
     }
 
-    /// A one-line summary for a row's context.
+    /// Formats a one-line summary for a row's context.
     pub fn summary(&self) -> String {
         format!(
             "anon {:.1} MiB, file {:.1} MiB, Pss {:.1} MiB, peak {:.1} MiB, {} threads",
