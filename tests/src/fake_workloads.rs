@@ -50,9 +50,10 @@ pub struct FakeWorkload {
 
 /// Fake workloads and their sleeping processes, removed when dropped.
 pub struct FakeWorkloads {
-    root: PathBuf,
     workloads: Arc<Vec<FakeWorkload>>,
     sleepers: Vec<Child>,
+    /// Every cgroup directory made so far, parents before children.
+    dirs: Vec<PathBuf>,
 }
 
 impl FakeWorkloads {
@@ -66,18 +67,18 @@ impl FakeWorkloads {
         prefix: &str,
         labels: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Result<Self> {
+        // Dropping `fake` on an error below removes what was made so far.
+        let mut fake = Self { workloads: Arc::new(Vec::new()), sleepers: Vec::with_capacity(count), dirs: Vec::new() };
         let root = run.v2_path().join(QOS_FOLDER);
-        std::fs::create_dir(&root).with_context(|| format!("failed to create cgroup {}", root.display()))?;
-        let mut fake = Self { root, workloads: Arc::new(Vec::new()), sleepers: Vec::with_capacity(count) };
+        fake.make_dir(&root)?;
         let mut workloads = Vec::with_capacity(count);
         for number in 0..count {
             let uid = crate::pods::random_uid();
-            let pod_path = fake.root.join(format!("pod{uid}"));
-            std::fs::create_dir(&pod_path).with_context(|| format!("failed to create cgroup {}", pod_path.display()))?;
+            let pod_path = root.join(format!("pod{uid}"));
+            fake.make_dir(&pod_path)?;
             let container_id = hex(&crate::random_bytes::<32>());
             let cgroup_path = pod_path.join(&container_id);
-            std::fs::create_dir(&cgroup_path)
-                .with_context(|| format!("failed to create cgroup {}", cgroup_path.display()))?;
+            fake.make_dir(&cgroup_path)?;
             fake.sleepers.push(sleep_in(&cgroup_path)?);
             workloads.push(FakeWorkload {
                 name: format!("{prefix}-{number}"),
@@ -91,6 +92,12 @@ impl FakeWorkloads {
         }
         fake.workloads = Arc::new(workloads);
         Ok(fake)
+    }
+
+    fn make_dir(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir(dir).with_context(|| format!("failed to create cgroup {}", dir.display()))?;
+        self.dirs.push(dir.to_owned());
+        Ok(())
     }
 
     pub fn workloads(&self) -> &[FakeWorkload] {
@@ -122,20 +129,12 @@ impl FakeWorkloads {
             let _ = sleeper.wait();
         }
         let mut remaining = Vec::new();
-        for workload in self.workloads.iter() {
-            let pod_path = workload.cgroup_path.parent().unwrap_or(&workload.cgroup_path);
-            for dir in [workload.cgroup_path.as_path(), pod_path] {
-                if let Err(error) = std::fs::remove_dir(dir)
-                    && error.kind() != std::io::ErrorKind::NotFound
-                {
-                    remaining.push(dir.display().to_string());
-                }
+        for dir in self.dirs.drain(..).rev() {
+            if let Err(error) = std::fs::remove_dir(&dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                remaining.push(dir.display().to_string());
             }
-        }
-        if let Err(error) = std::fs::remove_dir(&self.root)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            remaining.push(self.root.display().to_string());
         }
         self.workloads = Arc::new(Vec::new());
         if !remaining.is_empty() {
