@@ -55,6 +55,8 @@ const WATCHED_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Interval of runtime queries even when no cgroup changed, to catch label
 /// and name changes.
 const CRI_REFRESH: Duration = Duration::from_secs(2);
+/// Margin by which a periodic tick may find the runtime's lists due early.
+const CRI_REFRESH_SLACK: Duration = Duration::from_millis(100);
 /// Delay before the next look while a cgroup exists that the runtime does
 /// not list yet, as while a pod or container is being created.
 const PENDING_RETRY: Duration = Duration::from_millis(10);
@@ -511,7 +513,9 @@ impl LoopState {
         };
         let containers_changed = scan.containers.len() != self.known_containers.len()
             || scan.containers.keys().any(|id| !self.known_containers.contains(id));
-        let stale = self.last_cri.is_none_or(|at| at.elapsed() >= CRI_REFRESH);
+        // The last list ended a little after the tick that started it, so
+        // a tick CRI_REFRESH later comes slightly early: allow for that.
+        let stale = self.last_cri.is_none_or(|at| at.elapsed() + CRI_REFRESH_SLACK >= CRI_REFRESH);
         if !forced && !containers_changed && !stale && !self.unlisted.any_gone(&scan) {
             return true;
         }
