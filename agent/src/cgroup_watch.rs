@@ -1,10 +1,12 @@
-//! Noticing new pod and container cgroups as they are made, so that the
-//! agent writes a new pod's policy entry within milliseconds instead of at
-//! its next periodic scan.
+//! Noticing pod and container cgroups as they are made and removed, so
+//! that the agent writes a new pod's policy entry within milliseconds
+//! instead of at its next periodic scan, and can scan seldom while nothing
+//! changes.
 //!
-//! inotify sees `mkdir` in cgroupfs like in any directory. The watcher
-//! watches the attach cgroup and every directory below it down to the pod
-//! level (QoS classes, pods), but not the containers themselves.
+//! inotify reports `mkdir` and `rmdir` in cgroupfs as in any directory. The
+//! watcher watches the attach cgroup and every directory below it down to
+//! the pod level (QoS classes, pods), but not the containers themselves,
+//! so cgroups nested inside a container are found by the periodic scan.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,7 +24,7 @@ use crate::cgroups::container_id_from_name;
 const WATCH_DEPTH: usize = 3;
 
 /// Starts a thread that wakes the returned `Notify` whenever a directory
-/// appears below `root`. Returns `None`, after a warning, when inotify is
+/// appears or goes below `root`, down to the watched depth. Returns `None`, after a warning, when inotify is
 /// unavailable; the periodic scan then still finds new pods.
 pub fn spawn(root: PathBuf) -> Option<Arc<Notify>> {
     let mut inotify = match Inotify::init() {
@@ -67,7 +69,9 @@ fn run(mut inotify: Inotify, mut watched: Vec<(inotify::WatchDescriptor, PathBuf
             let Some((_, parent, depth)) = watched.iter().find(|(wd, _, _)| *wd == event.wd) else {
                 continue;
             };
-            created.push((parent.join(name), *depth + 1));
+            if event.mask.contains(EventMask::CREATE) {
+                created.push((parent.join(name), *depth + 1));
+            }
         }
         watched.retain(|(wd, _, _)| !removed.contains(wd));
         for (path, depth) in created {
@@ -95,7 +99,7 @@ fn watch_tree(
     if is_container {
         return;
     }
-    match inotify.watches().add(dir, WatchMask::CREATE | WatchMask::ONLYDIR) {
+    match inotify.watches().add(dir, WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR) {
         Ok(descriptor) => {
             if !watched.iter().any(|(wd, _, _)| *wd == descriptor) {
                 watched.push((descriptor, dir.to_owned(), depth));

@@ -7,7 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -158,8 +158,11 @@ fn walk_nested(dir: &Path, depth: usize, found: &mut Scan) {
     }
 }
 
-/// Returns the subdirectories of `dir` with their names and cgroup ids, skipping
-/// any that vanish while they are read.
+/// Returns the subdirectories of `dir` with their names and cgroup ids.
+///
+/// The id is the inode number that `readdir` returns with each entry: for
+/// cgroupfs (kernfs) it is the one `stat` returns, and reading it this way
+/// spares one path lookup per cgroup on every scan.
 fn subdirectories(dir: &Path) -> Vec<(PathBuf, String, u64)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
@@ -167,11 +170,9 @@ fn subdirectories(dir: &Path) -> Vec<(PathBuf, String, u64)> {
     entries
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|entry| {
-            let path = entry.path();
-            let id = cgroup_id(&path).ok()?;
+        .map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            Some((path, name, id))
+            (entry.path(), name, entry.ino())
         })
         .collect()
 }

@@ -16,6 +16,7 @@ pub mod event;
 pub mod exec_rules;
 pub mod exec_running;
 pub mod feed;
+pub mod memory;
 pub mod hold;
 pub mod identity;
 pub mod kernel;

@@ -37,25 +37,23 @@ pub fn wait_limit() -> Duration {
 pub const REMOVED_RETENTION: Duration = Duration::from_secs(2);
 
 /// Returns the path of the `parapet` binary: `$PARAPET_BIN`, else the one
-/// next to the test binary's `deps` folder.
+/// next to the test binary's `deps` folder, else the one next to the
+/// running program (as for `parapet-bench` in `target/release`).
 pub fn parapet_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PARAPET_BIN") {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("parapet"))
-        .context("test binary has no parent folder")?;
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        bail!(
-            "parapet binary not found at {}; build it or set PARAPET_BIN",
-            candidate.display()
-        )
+    let dir = exe.parent().context("test binary has no parent folder")?;
+    let candidates = [dir.parent().map(|up| up.join("parapet")), Some(dir.join("parapet"))];
+    let candidates: Vec<PathBuf> = candidates.into_iter().flatten().collect();
+    if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
+        return Ok(found.clone());
     }
+    bail!(
+        "parapet binary not found at {}; build it or set PARAPET_BIN",
+        candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )
 }
 
 /// A running agent. Killed, by its pid, when dropped; its pinned kernel

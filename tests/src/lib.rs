@@ -30,6 +30,7 @@ pub mod cgroup;
 pub mod configmap;
 pub mod containerd;
 pub mod fake_cri;
+pub mod fake_workloads;
 pub mod image;
 pub mod mountinfo;
 pub mod network;

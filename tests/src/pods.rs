@@ -346,7 +346,7 @@ async fn container_pid(cri: &CriClient, container_id: &str) -> Result<u32> {
 }
 
 /// Returns a random UUID (version 4) like the uids Kubernetes assigns.
-fn random_uid() -> String {
+pub(crate) fn random_uid() -> String {
     let mut bytes = crate::random_bytes::<16>();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

@@ -2,7 +2,9 @@
 //! costs a node against running without it, in one run, and writes the
 //! table of results as Markdown and JSON.
 
+mod agent_cost;
 mod machine;
+mod proc_usage;
 mod programs;
 mod reaction;
 mod report;
@@ -28,12 +30,13 @@ pub struct Options {
 
 /// The groups of measurements, in the order they run. Each group's module
 /// has `pub async fn run(options: &Options) -> Result<Vec<Row>>`.
-const GROUPS: [&str; 2] = ["syscalls", "reaction"];
+const GROUPS: [&str; 3] = ["syscalls", "reaction", "agent cost"];
 
 async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
     match group {
         "syscalls" => syscalls::run(options).await,
         "reaction" => reaction::run(options).await,
+        "agent cost" => agent_cost::run(options).await,
         _ => bail!("no group {group:?}"),
     }
 }
