@@ -2,6 +2,7 @@
 //! costs a node against running without it, in one run, and writes the
 //! table of results as Markdown and JSON.
 
+mod denials;
 mod machine;
 mod report;
 
@@ -25,10 +26,13 @@ pub struct Options {
 
 /// The groups of measurements, in the order they run. Each group's module
 /// has `pub async fn run(options: &Options) -> Result<Vec<Row>>`.
-const GROUPS: [&str; 0] = [];
+const GROUPS: [&str; 1] = ["denials"];
 
-async fn run_group(group: &str, _options: &Options) -> Result<Vec<Row>> {
-    bail!("no group {group:?}")
+async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
+    match group {
+        "denials" => denials::run(options).await,
+        _ => bail!("no group {group:?}"),
+    }
 }
 
 fn parse_options() -> Result<Options> {
