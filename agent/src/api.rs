@@ -27,7 +27,7 @@ use std::{
 
 use crate::{
     event::Kind,
-    feed::{Feed, RECENT_CAPACITY},
+    feed::{Feed, Published, RECENT_CAPACITY},
 };
 
 use serde::{Deserialize, Serialize};
@@ -271,29 +271,79 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
         let line = serde_json::to_string(&notice).map_err(std::io::Error::other)?;
         send(&mut write_half, &line).await?;
     }
-    for event in replay.iter().filter(|event| subscription.matches(event)) {
-        let line = serde_json::to_string(&**event).map_err(std::io::Error::other)?;
-        send(&mut write_half, &line).await?;
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    for event in replay.iter().filter(|event| subscription.matches(&event.event)) {
+        batch.extend_from_slice(&event.line);
+        if batch.len() >= WRITE_BATCH {
+            send_bytes(&mut write_half, &batch).await?;
+            batch.clear();
+        }
     }
+    send_bytes(&mut write_half, &batch).await?;
     let mut byte = [0u8; 1];
     loop {
+        batch.clear();
         let received = tokio::select! {
             received = receiver.recv() => received,
             _ = read_half.read(&mut byte) => return Ok(()),
         };
-        let line = match received {
-            Ok(event) => {
-                if !subscription.matches(&event) {
-                    continue;
-                }
-                serde_json::to_string(&*event).map_err(std::io::Error::other)?
+        let mut closed = add_to_batch(&mut batch, &subscription, received);
+        // Take what else is queued already, so that a flood costs one
+        // write per batch rather than one per event.
+        while !closed && batch.len() < WRITE_BATCH {
+            let received = match receiver.try_recv() {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => Err(broadcast::error::RecvError::Lagged(missed)),
+                Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            };
+            closed = add_to_batch(&mut batch, &subscription, received);
+        }
+        send_bytes(&mut write_half, &batch).await?;
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Bytes of lines a follower is sent with one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Appends the line of a received event that the subscription matches, or
+/// a `Missed` line when the client fell behind. Returns true when the feed
+/// is closed.
+fn add_to_batch(
+    batch: &mut Vec<u8>,
+    subscription: &Subscription,
+    received: Result<Arc<Published>, broadcast::error::RecvError>,
+) -> bool {
+    match received {
+        Ok(event) => {
+            if subscription.matches(&event.event) {
+                batch.extend_from_slice(&event.line);
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                serde_json::to_string(&Missed { missed }).map_err(std::io::Error::other)?
-            }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-        };
-        send(&mut write_half, &line).await?;
+            false
+        }
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            batch.extend_from_slice(format!("{{\"missed\":{missed}}}\n").as_bytes());
+            false
+        }
+        Err(broadcast::error::RecvError::Closed) => true,
+    }
+}
+
+/// Writes `bytes`, and fails when the client has not taken all of them
+/// after [`WRITE_TIMEOUT`].
+async fn send_bytes(write_half: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client did not take its events within {} seconds", WRITE_TIMEOUT.as_secs()),
+        )),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The event feed of `parapet tail` clients: live events through a
 //! broadcast channel, and the most recent ones kept in a bounded buffer so
-//! that a client can ask for the last minutes again (`--since`).
+//! that a client can ask for the last minutes again (`--since`). Each
+//! event is serialized once, when it is published, and every client is
+//! sent the same bytes.
 
 use std::{
     collections::VecDeque,
@@ -19,14 +21,39 @@ pub const RECENT_CAPACITY: usize = 4096;
 /// Events a live client may fall behind by before it misses some.
 const LIVE_BACKLOG: usize = 4096;
 
+/// Bytes reserved for an event's JSON line before it is serialized.
+const LINE_CAPACITY: usize = 1024;
+
+/// An event with its JSON line, as stdout and every client receive it.
+pub struct Published {
+    pub event: Event,
+    /// The event as one line of JSON, with its newline.
+    pub line: Box<[u8]>,
+}
+
+impl Published {
+    /// Serializes `event` into its line.
+    pub fn new(event: Event) -> Self {
+        // Most events fit, so the line is not grown step by step.
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        if let Err(error) = serde_json::to_writer(&mut line, &event) {
+            // Serializing these plain fields cannot fail; should it ever,
+            // the line still says that an event happened.
+            line = format!("{{\"error\":\"failed to serialize an event: {error}\"}}").into_bytes();
+        }
+        line.push(b'\n');
+        Self { event, line: line.into_boxed_slice() }
+    }
+}
+
 pub struct Feed {
     recent: Mutex<Recent>,
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Published>>,
 }
 
 #[derive(Default)]
 struct Recent {
-    events: VecDeque<(Instant, Arc<Event>)>,
+    events: VecDeque<(Instant, Arc<Published>)>,
     /// When the newest event pushed out of the buffer was published.
     newest_dropped: Option<Instant>,
 }
@@ -34,11 +61,11 @@ struct Recent {
 /// A new client's events: the recent ones it asked for, then the live
 /// stream from the event after them.
 pub struct Subscription {
-    pub replay: Vec<Arc<Event>>,
+    pub replay: Vec<Arc<Published>>,
     /// True when events inside the requested window were already pushed
     /// out of the buffer, so the replay lacks its oldest part.
     pub replay_incomplete: bool,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
 }
 
 impl Default for Feed {
@@ -56,7 +83,7 @@ impl Feed {
     }
 
     /// Keeps the event for replay and sends it to live clients.
-    pub fn publish(&self, event: Arc<Event>) {
+    pub fn publish(&self, event: Arc<Published>) {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.events.len() == RECENT_CAPACITY
@@ -103,8 +130,8 @@ mod tests {
     use super::*;
     use crate::event::{Kind, VerdictName};
 
-    fn event(pid: u32) -> Arc<Event> {
-        Arc::new(Event {
+    fn event(pid: u32) -> Arc<Published> {
+        Arc::new(Published::new(Event {
             time: String::new(),
             node: "node".to_owned(),
             kind: Kind::File,
@@ -128,7 +155,7 @@ mod tests {
             path: None,
             resolved_path: None,
             path_truncated: None,
-        })
+        }))
     }
 
     #[test]
@@ -138,11 +165,19 @@ mod tests {
         feed.publish(event(2));
         let mut subscription = feed.subscribe(Some(Duration::from_secs(60)));
         feed.publish(event(3));
-        let replayed: Vec<u32> = subscription.replay.iter().map(|e| e.pid).collect();
+        let replayed: Vec<u32> = subscription.replay.iter().map(|e| e.event.pid).collect();
         assert_eq!(replayed, [1, 2]);
         assert!(!subscription.replay_incomplete);
-        assert_eq!(subscription.live.try_recv().map(|e| e.pid).ok(), Some(3));
+        assert_eq!(subscription.live.try_recv().map(|e| e.event.pid).ok(), Some(3));
         assert!(subscription.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn published_line_is_the_event_as_json() {
+        let published = event(7);
+        assert_eq!(published.line.last(), Some(&b'\n'));
+        let parsed: Event = serde_json::from_slice(&published.line).unwrap();
+        assert_eq!(parsed, published.event);
     }
 
     #[test]
@@ -161,7 +196,7 @@ mod tests {
         }
         let subscription = feed.subscribe(Some(Duration::from_secs(60)));
         assert_eq!(subscription.replay.len(), RECENT_CAPACITY);
-        assert_eq!(subscription.replay.first().map(|e| e.pid), Some(10));
+        assert_eq!(subscription.replay.first().map(|e| e.event.pid), Some(10));
         assert!(subscription.replay_incomplete);
     }
 }
