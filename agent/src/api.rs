@@ -6,6 +6,9 @@
 //! ones the client asked for with `since_ms`, then live ones. When a client
 //! reads too slowly to keep up, the agent skips events for it rather than
 //! slow down, and sends a `{"missed": N}` line saying how many it skipped.
+//! When the kernel drops event records because its ring buffer is full,
+//! every follower gets a `{"kernel_dropped": N}` line within a second,
+//! also one that fell behind.
 //! When the replay lacks events that the buffer no longer holds, the agent
 //! sends a `{"notice": "..."}` line first. For `status` the agent sends one
 //! `Status` line and closes the connection. Anything a follower sends after
@@ -108,6 +111,15 @@ fn filter_matches(filter: &Option<String>, value: &Option<String>) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Missed {
     pub missed: u64,
+}
+
+/// A line the agent sends besides events: event records of any workload
+/// that the kernel dropped because its ring buffer was full, since the
+/// previous such line. `parapet_events_lost_total` counts them too.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelDropped {
+    pub kernel_dropped: u64,
 }
 
 /// A warning line the agent sends besides events.
@@ -261,7 +273,9 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
         replay,
         replay_incomplete,
         live: mut receiver,
+        mut kernel_dropped,
     } = feed.subscribe(since);
+    let mut dropped_reported = *kernel_dropped.borrow_and_update();
     if replay_incomplete {
         let notice = Notice {
             notice: format!(
@@ -285,6 +299,17 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
         batch.clear();
         let received = tokio::select! {
             received = receiver.recv() => received,
+            changed = kernel_dropped.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let total = *kernel_dropped.borrow_and_update();
+                let line = serde_json::to_string(&KernelDropped { kernel_dropped: total - dropped_reported })
+                    .map_err(std::io::Error::other)?;
+                dropped_reported = total;
+                send(&mut write_half, &line).await?;
+                continue;
+            }
             _ = read_half.read(&mut byte) => return Ok(()),
         };
         let mut closed = add_to_batch(&mut batch, &subscription, received);

@@ -222,6 +222,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             status
         })
     };
+    tokio::spawn(crate::dropped_records::watch(Arc::clone(&kernel), Arc::clone(&feed)));
     tokio::spawn(api::serve(listener, feed, status_fn));
 
     let mut state = LoopState {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::event::Event;
 
@@ -49,6 +49,11 @@ impl Published {
 pub struct Feed {
     recent: Mutex<Recent>,
     sender: broadcast::Sender<Arc<Published>>,
+    /// Event records the kernel dropped because its ring buffer was full,
+    /// of any workload, since the agent started. A watch channel rather
+    /// than the broadcast, so that a client that falls behind still learns
+    /// of every drop.
+    kernel_dropped: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -66,6 +71,7 @@ pub struct Subscription {
     /// out of the buffer, so the replay lacks its oldest part.
     pub replay_incomplete: bool,
     pub live: broadcast::Receiver<Arc<Published>>,
+    pub kernel_dropped: watch::Receiver<u64>,
 }
 
 impl Default for Feed {
@@ -79,6 +85,7 @@ impl Feed {
         Self {
             recent: Mutex::new(Recent::default()),
             sender: broadcast::channel(LIVE_BACKLOG).0,
+            kernel_dropped: watch::Sender::new(0),
         }
     }
 
@@ -97,16 +104,23 @@ impl Feed {
         let _ = self.sender.send(event);
     }
 
+    /// Tells live clients that the kernel dropped `count` event records.
+    pub fn report_kernel_dropped(&self, count: u64) {
+        self.kernel_dropped.send_modify(|total| *total += count);
+    }
+
     /// Subscribes to live events and takes the events published in the last
     /// `since`, as one step, so that no event is missed or sent twice.
     pub fn subscribe(&self, since: Option<Duration>) -> Subscription {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.sender.subscribe();
+        let kernel_dropped = self.kernel_dropped.subscribe();
         let Some(since) = since else {
             return Subscription {
                 replay: Vec::new(),
                 replay_incomplete: false,
                 live,
+                kernel_dropped,
             };
         };
         let cutoff = Instant::now().checked_sub(since);
@@ -121,6 +135,7 @@ impl Feed {
             replay,
             replay_incomplete: recent.newest_dropped.as_ref().is_some_and(in_window),
             live,
+            kernel_dropped,
         }
     }
 }

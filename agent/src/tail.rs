@@ -9,7 +9,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{Missed, Notice, Request, Subscription},
+    api::{KernelDropped, Missed, Notice, Request, Subscription},
     event::{Event, Kind, VerdictName},
 };
 
@@ -94,7 +94,10 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
             break;
         }
         let text = line.trim_end_matches('\n');
-        if text.starts_with(r#"{"missed":"#) || text.starts_with(r#"{"notice":"#) || text.starts_with(r#"{"error":"#) {
+        let is_message = [r#"{"missed":"#, r#"{"kernel_dropped":"#, r#"{"notice":"#, r#"{"error":"#]
+            .iter()
+            .any(|prefix| text.starts_with(prefix));
+        if is_message {
             // Events printed so far come before the message about them.
             write_out(&mut out)?;
             message(text)?;
@@ -141,10 +144,15 @@ fn write_out(out: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 /// Handles a line from the agent that is not an event: a count of missed
-/// events or a notice goes to stderr, an error ends the stream.
+/// or dropped events or a notice goes to stderr, an error ends the stream.
 fn message(line: &str) -> anyhow::Result<()> {
     if let Ok(missed) = serde_json::from_str::<Missed>(line) {
         eprintln!("parapet tail: missed {} events because this client read too slowly", missed.missed);
+    } else if let Ok(dropped) = serde_json::from_str::<KernelDropped>(line) {
+        eprintln!(
+            "parapet tail: the kernel dropped {} events because the agent's ring buffer was full; parapet_events_lost_total counts them",
+            dropped.kernel_dropped
+        );
     } else if let Ok(notice) = serde_json::from_str::<Notice>(line) {
         eprintln!("parapet tail: {}", notice.notice);
     } else if let Ok(error) = serde_json::from_str::<serde_json::Value>(line)
