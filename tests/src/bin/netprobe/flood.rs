@@ -6,7 +6,8 @@
 //! netprobe flood connect ADDR PORT [LIMITS]  connect() of one non-blocking TCP socket
 //! netprobe flood write PATH [LIMITS]         open(PATH, O_WRONLY|O_CREAT), closed at once
 //!
-//! LIMITS: --seconds S (default 1), --count N, --rate OPS_PER_SECOND
+//! LIMITS: --seconds S, --count N (without either: one second),
+//!         --rate OPS_PER_SECOND
 //! ```
 //!
 //! It prints one line, `attempts=N refused=N ok=N other=N seconds=S`:
@@ -35,7 +36,8 @@ pub enum Operation {
 /// One flood: the operation and when to stop.
 pub struct Plan {
     pub operation: Operation,
-    pub seconds: f64,
+    /// Time limit; `None` means only `count` limits the flood.
+    pub seconds: Option<f64>,
     pub count: Option<u64>,
     /// Attempts a second; `None` means as fast as possible.
     pub rate: Option<f64>,
@@ -52,7 +54,7 @@ pub fn parse(args: &[&str], parse_target: impl Fn(&str, &str) -> Result<SocketAd
         ["write", path, limits @ ..] => (Operation::Write((*path).to_owned()), limits),
         _ => return Err(format!("invalid flood arguments {args:?}")),
     };
-    let mut plan = Plan { operation, seconds: 1.0, count: None, rate: None };
+    let mut plan = Plan { operation, seconds: None, count: None, rate: None };
     let mut limits = limits.iter();
     while let Some(flag) = limits.next() {
         let value = limits.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -62,11 +64,14 @@ pub fn parse(args: &[&str], parse_target: impl Fn(&str, &str) -> Result<SocketAd
             .filter(|number: &f64| number.is_finite() && *number > 0.0)
             .ok_or_else(|| format!("{flag} needs a number above 0, got {value:?}"))?;
         match *flag {
-            "--seconds" => plan.seconds = number,
+            "--seconds" => plan.seconds = Some(number),
             "--count" => plan.count = Some(number as u64),
             "--rate" => plan.rate = Some(number),
             other => return Err(format!("unknown flood option {other:?}")),
         }
+    }
+    if plan.seconds.is_none() && plan.count.is_none() {
+        plan.seconds = Some(1.0);
     }
     Ok(plan)
 }
@@ -100,7 +105,7 @@ impl Tally {
 pub fn run(plan: &Plan) -> io::Result<()> {
     let mut attempt = Attempt::new(&plan.operation)?;
     let mut tally = Tally::default();
-    let limit = Duration::from_secs_f64(plan.seconds);
+    let limit = plan.seconds.map_or(Duration::MAX, Duration::from_secs_f64);
     let count = plan.count.unwrap_or(u64::MAX);
     let started = Instant::now();
     loop {

@@ -22,12 +22,31 @@ pub struct Seen {
     pub events: u64,
     /// Events the agent reported this client missed (`missed N events` lines).
     pub missed: u64,
+    /// Records the agent reported the kernel dropped (`the kernel dropped
+    /// N events` lines).
+    pub dropped: u64,
+}
+
+impl Seen {
+    /// Events printed or reported missed or dropped.
+    pub fn accounted(&self) -> u64 {
+        self.events + self.missed + self.dropped
+    }
+
+    fn since(&self, earlier: Seen) -> Seen {
+        Seen {
+            events: self.events - earlier.events,
+            missed: self.missed - earlier.missed,
+            dropped: self.dropped - earlier.dropped,
+        }
+    }
 }
 
 pub struct Follower {
     child: Child,
     events: Arc<AtomicU64>,
     missed: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -47,6 +66,7 @@ impl Follower {
             .context("failed to start parapet tail")?;
         let events = Arc::new(AtomicU64::new(0));
         let missed = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
         let stdout = child.stdout.take().context("tail has no stdout pipe")?;
         let stderr = child.stderr.take().context("tail has no stderr pipe")?;
         let stdout_reader = {
@@ -61,34 +81,40 @@ impl Follower {
         };
         let stderr_reader = {
             let missed = Arc::clone(&missed);
+            let dropped = Arc::clone(&dropped);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    match missed_count(&line) {
-                        Some(count) => {
-                            missed.fetch_add(count, Ordering::Relaxed);
-                        }
-                        None => eprintln!("{line}"),
+                    if let Some(count) = count_after(&line, "parapet tail: missed ") {
+                        missed.fetch_add(count, Ordering::Relaxed);
+                    } else if let Some(count) = count_after(&line, "parapet tail: the kernel dropped ") {
+                        dropped.fetch_add(count, Ordering::Relaxed);
+                    } else {
+                        eprintln!("{line}");
                     }
                 }
             })
         };
-        Ok(Self { child, events, missed, readers: vec![stdout_reader, stderr_reader] })
+        Ok(Self { child, events, missed, dropped, readers: vec![stdout_reader, stderr_reader] })
     }
 
     pub fn seen(&self) -> Seen {
-        Seen { events: self.events.load(Ordering::Relaxed), missed: self.missed.load(Ordering::Relaxed) }
+        Seen {
+            events: self.events.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
     }
 
     /// Waits until the client has accounted for `expected` events since
-    /// `since` (printed or reported missed), or until its counts stop
-    /// changing for `quiet`. Returns the counts since `since`.
+    /// `since`, or until its counts stop changing for `quiet`. Returns the
+    /// counts since `since`.
     pub fn settle(&self, since: Seen, expected: u64, quiet: Duration) -> Seen {
         let mut last = self.seen();
         let mut changed = Instant::now();
         loop {
             let now = self.seen();
-            let delta = Seen { events: now.events - since.events, missed: now.missed - since.missed };
-            if delta.events + delta.missed >= expected {
+            let delta = now.since(since);
+            if delta.accounted() >= expected {
                 return delta;
             }
             if now != last {
@@ -111,19 +137,22 @@ impl Follower {
     }
 }
 
-/// Parses tail's `parapet tail: missed N events ...` line.
-fn missed_count(line: &str) -> Option<u64> {
-    line.strip_prefix("parapet tail: missed ")?.split_whitespace().next()?.parse().ok()
+/// Parses the count in a tail message such as `parapet tail: missed N
+/// events ...`, where `prefix` is the text before the count.
+fn count_after(line: &str, prefix: &str) -> Option<u64> {
+    line.strip_prefix(prefix)?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::missed_count;
+    use super::count_after;
 
     #[test]
-    fn missed_line_is_parsed() {
-        let line = "parapet tail: missed 4096 events because this client read too slowly";
-        assert_eq!(missed_count(line), Some(4096));
-        assert_eq!(missed_count("parapet tail: the replay lacks its oldest events"), None);
+    fn message_counts_are_parsed() {
+        let missed = "parapet tail: missed 4096 events because this client read too slowly";
+        assert_eq!(count_after(missed, "parapet tail: missed "), Some(4096));
+        let dropped = "parapet tail: the kernel dropped 12 events because the agent's ring buffer was full";
+        assert_eq!(count_after(dropped, "parapet tail: the kernel dropped "), Some(12));
+        assert_eq!(count_after("parapet tail: the replay lacks its oldest events", "parapet tail: missed "), None);
     }
 }
