@@ -30,7 +30,7 @@ use std::{
 
 use crate::{
     event::Kind,
-    feed::{Feed, Published, RECENT_CAPACITY},
+    feed::{EventKey, Feed, Published, RECENT_CAPACITY},
 };
 
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    event::{Event, VerdictName},
+    event::VerdictName,
     status::Status,
 };
 
@@ -90,7 +90,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn matches(&self, event: &Event) -> bool {
+    pub fn matches(&self, event: &EventKey) -> bool {
         let allowed_requested = self.include_allowed || self.verdict == Some(VerdictName::Allow);
         (allowed_requested || event.verdict != VerdictName::Allow)
             && self.verdict.is_none_or(|verdict| verdict == event.verdict)
@@ -286,7 +286,7 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
         send(&mut write_half, &line).await?;
     }
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    for event in replay.iter().filter(|event| subscription.matches(&event.event)) {
+    for event in replay.iter().filter(|event| subscription.matches(&event.key)) {
         batch.extend_from_slice(&event.line);
         if batch.len() >= WRITE_BATCH {
             send_bytes(&mut write_half, &batch).await?;
@@ -344,7 +344,7 @@ fn add_to_batch(
 ) -> bool {
     match received {
         Ok(event) => {
-            if subscription.matches(&event.event) {
+            if subscription.matches(&event.key) {
                 batch.extend_from_slice(&event.line);
             }
             false
@@ -390,9 +390,10 @@ async fn send(write_half: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
 
-    fn event(verdict: &str, kind: &str, container: &str, policy: &str) -> Event {
-        serde_json::from_value(serde_json::json!({
+    fn event(verdict: &str, kind: &str, container: &str, policy: &str) -> EventKey {
+        serde_json::from_value::<Event>(serde_json::json!({
             "time": "2026-12-04T00:00:00Z", "node": "n", "kind": kind, "operation": "connect",
             "verdict": verdict, "namespace": "clinic", "pod": "api", "pod_uid": null,
             "container": container, "container_id": null, "cgroup_id": 1, "pid": 7, "tid": 7,
@@ -400,6 +401,7 @@ mod tests {
             "policy": policy, "rule": null
         }))
         .unwrap()
+        .into()
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::{broadcast, watch};
 
-use crate::event::Event;
+use crate::event::{Event, Kind, VerdictName};
 
 /// Events kept for replay. At an estimated few hundred bytes each, this is
 /// a few MiB.
@@ -24,11 +24,37 @@ const LIVE_BACKLOG: usize = 4096;
 /// Bytes reserved for an event's JSON line before it is serialized.
 const LINE_CAPACITY: usize = 1024;
 
-/// An event with its JSON line, as stdout and every client receive it.
+/// An event's JSON line, as stdout and every client receive it, and the
+/// fields clients filter on. The rest of the event is dropped once it is
+/// serialized, so that the events kept for replay hold few allocations.
 pub struct Published {
-    pub event: Event,
+    pub key: EventKey,
     /// The event as one line of JSON, with its newline.
     pub line: Box<[u8]>,
+}
+
+/// The fields of an event that `tail` clients filter on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventKey {
+    pub kind: Kind,
+    pub verdict: VerdictName,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub policy: Option<String>,
+}
+
+impl From<Event> for EventKey {
+    fn from(event: Event) -> Self {
+        Self {
+            kind: event.kind,
+            verdict: event.verdict,
+            namespace: event.namespace,
+            pod: event.pod,
+            container: event.container,
+            policy: event.policy,
+        }
+    }
 }
 
 impl Published {
@@ -42,7 +68,7 @@ impl Published {
             line = format!("{{\"error\":\"failed to serialize an event: {error}\"}}").into_bytes();
         }
         line.push(b'\n');
-        Self { event, line: line.into_boxed_slice() }
+        Self { key: EventKey::from(event), line: line.into_boxed_slice() }
     }
 }
 
@@ -91,17 +117,26 @@ impl Feed {
 
     /// Keeps the event for replay and sends it to live clients.
     pub fn publish(&self, event: Arc<Published>) {
+        self.publish_all(std::iter::once(event));
+    }
+
+    /// Keeps the events for replay and sends them to live clients, under
+    /// one lock, so that a client woken by the first finds them all.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Arc<Published>>) {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.events.len() == RECENT_CAPACITY
-            && let Some((published, _)) = recent.events.pop_front()
-        {
-            recent.newest_dropped = Some(published);
+        for event in events {
+            if recent.events.len() == RECENT_CAPACITY
+                && let Some((published, _)) = recent.events.pop_front()
+            {
+                recent.newest_dropped = Some(published);
+            }
+            recent.events.push_back((now, Arc::clone(&event)));
+            // Sending under the lock orders the live stream after every
+            // replay taken before it. An error only means that no client
+            // is connected.
+            let _ = self.sender.send(event);
         }
-        recent.events.push_back((now, Arc::clone(&event)));
-        // Sending under the lock orders the live stream after every replay
-        // taken before it. An error only means that no client is connected.
-        let _ = self.sender.send(event);
     }
 
     /// Tells live clients that the kernel dropped `count` event records.
@@ -143,10 +178,17 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Kind, VerdictName};
+
+    fn pid(published: &Published) -> u32 {
+        serde_json::from_slice::<Event>(&published.line).unwrap().pid
+    }
 
     fn event(pid: u32) -> Arc<Published> {
-        Arc::new(Published::new(Event {
+        Arc::new(Published::new(plain_event(pid)))
+    }
+
+    fn plain_event(pid: u32) -> Event {
+        Event {
             time: String::new(),
             node: "node".to_owned(),
             kind: Kind::File,
@@ -170,7 +212,7 @@ mod tests {
             path: None,
             resolved_path: None,
             path_truncated: None,
-        }))
+        }
     }
 
     #[test]
@@ -180,19 +222,20 @@ mod tests {
         feed.publish(event(2));
         let mut subscription = feed.subscribe(Some(Duration::from_secs(60)));
         feed.publish(event(3));
-        let replayed: Vec<u32> = subscription.replay.iter().map(|e| e.event.pid).collect();
+        let replayed: Vec<u32> = subscription.replay.iter().map(|e| pid(e)).collect();
         assert_eq!(replayed, [1, 2]);
         assert!(!subscription.replay_incomplete);
-        assert_eq!(subscription.live.try_recv().map(|e| e.event.pid).ok(), Some(3));
+        assert_eq!(subscription.live.try_recv().map(|e| pid(&e)).ok(), Some(3));
         assert!(subscription.live.try_recv().is_err());
     }
 
     #[test]
     fn published_line_is_the_event_as_json() {
-        let published = event(7);
+        let published = Published::new(plain_event(7));
         assert_eq!(published.line.last(), Some(&b'\n'));
         let parsed: Event = serde_json::from_slice(&published.line).unwrap();
-        assert_eq!(parsed, published.event);
+        assert_eq!(parsed, plain_event(7));
+        assert_eq!(published.key, EventKey::from(plain_event(7)));
     }
 
     #[test]
@@ -211,7 +254,7 @@ mod tests {
         }
         let subscription = feed.subscribe(Some(Duration::from_secs(60)));
         assert_eq!(subscription.replay.len(), RECENT_CAPACITY);
-        assert_eq!(subscription.replay.first().map(|e| e.event.pid), Some(10));
+        assert_eq!(subscription.replay.first().map(|e| pid(e)), Some(10));
         assert!(subscription.replay_incomplete);
     }
 }

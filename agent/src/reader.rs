@@ -148,16 +148,24 @@ fn descriptor_path(pid: u32, fd: i32) -> Option<String> {
 pub struct EventSink {
     pub node: String,
     pub feed: Arc<crate::feed::Feed>,
-    /// Lines not yet written to stdout.
-    pending: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
 }
 
-/// Bytes of pending stdout lines that make [`EventSink::push`] write them.
+/// Events pushed but not yet published or written.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Arc<Published>>,
+    /// Their stdout lines.
+    lines: Vec<u8>,
+}
+
+/// Bytes of pending stdout lines that make [`EventSink::push`] flush them.
 const STDOUT_BATCH: usize = 64 * 1024;
 
 impl EventSink {
     pub fn new(node: String, feed: Arc<crate::feed::Feed>) -> Self {
-        Self { node, feed, pending: Mutex::new(Vec::with_capacity(STDOUT_BATCH)) }
+        let pending = Pending { events: Vec::new(), lines: Vec::with_capacity(STDOUT_BATCH) };
+        Self { node, feed, pending: Mutex::new(pending) }
     }
 
     /// Sends `event` to stdout and to `tail` clients at once.
@@ -166,34 +174,37 @@ impl EventSink {
         self.flush();
     }
 
-    /// Sends `event` to `tail` clients, and keeps its stdout line until
-    /// [`EventSink::flush`] or until enough lines are pending: one write
-    /// per batch costs far less than one per event under a flood.
+    /// Keeps `event` until [`EventSink::flush`], or until enough stdout
+    /// lines are pending. Under a flood, one write to stdout and one
+    /// wake-up of each `tail` client per batch cost far less than one per
+    /// event.
     pub fn push(&self, event: Event) {
         let published = Arc::new(Published::new(event));
         let full = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.extend_from_slice(&published.line);
-            pending.len() >= STDOUT_BATCH
+            pending.lines.extend_from_slice(&published.line);
+            pending.events.push(published);
+            pending.lines.len() >= STDOUT_BATCH
         };
-        self.feed.publish(published);
         if full {
             self.flush();
         }
     }
 
-    /// Writes the pending stdout lines.
+    /// Publishes the pending events to `tail` clients, then writes their
+    /// stdout lines.
     pub fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
+        if pending.events.is_empty() {
             return;
         }
+        self.feed.publish_all(pending.events.drain(..));
         // A closed stdout must not stop enforcement or the stream. Stdout
         // is line buffered, and passes a write of whole lines straight on.
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&pending);
+        let _ = out.write_all(&pending.lines);
         let _ = out.flush();
-        pending.clear();
+        pending.lines.clear();
     }
 }
 
