@@ -63,8 +63,8 @@ impl Published {
         // Most events fit, so the line is not grown step by step.
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         if let Err(error) = serde_json::to_writer(&mut line, &event) {
-            // Serializing these plain fields cannot fail; should it ever,
-            // the line still says that an event happened.
+            // Serializing these plain fields cannot fail. Should it ever,
+            // the line still reports that an event happened.
             line = format!("{{\"error\":\"failed to serialize an event: {error}\"}}").into_bytes();
         }
         line.push(b'\n');

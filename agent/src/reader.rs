@@ -32,10 +32,10 @@ pub struct Namer {
 const BATCH: usize = 1024;
 
 /// Reads records until the ring buffer fails, which only happens when its
-/// file descriptor does. It blocks, so it runs on a thread of its own: a
-/// stall of the async runtime then cannot hold up the draining, and the
-/// kernel's ring buffer, about 12,000 records, fills in tens of
-/// milliseconds under a flood.
+/// file descriptor does. It blocks, so it runs on a thread of its own. A
+/// stall of the async runtime then cannot hold up the draining, which
+/// matters because the 4 MiB ring buffer has room for about 7,000 file or
+/// 11,000 network records and fills in tens of milliseconds under a flood.
 pub fn run(mut ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> std::io::Result<()> {
     let mut undecodable: u64 = 0;
     loop {
@@ -74,12 +74,11 @@ pub fn run(mut ring: RingBuf<MapData>, namer: Namer, sink: Arc<EventSink>) -> st
     }
 }
 
-/// Time the reader lets records gather after it read some. The ring
-/// buffer holds about 12,000 records, so a million records a second fill
-/// it in about 12 ms.
+/// Time the reader lets records gather after it read some. A million
+/// network records a second fill the ring buffer in about 11 ms.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// Waits until the ring buffer holds a record. Its poll reports readable
+/// Waits until the ring buffer contains a record. Its poll reports readable
 /// while any record is unread, so a record that arrived after the last
 /// read wakes this at once.
 fn wait_readable(fd: RawFd) -> std::io::Result<()> {

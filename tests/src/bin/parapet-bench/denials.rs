@@ -150,6 +150,7 @@ struct Rows {
     write_unpoliced: Row,
     connect_no_agent: Row,
     write_no_agent: Row,
+    write_refused_no_agent: Row,
     kernel_exact: Row,
     metric_exact: Row,
     lossless: Row,
@@ -169,6 +170,7 @@ impl Rows {
             write_unpoliced: rate("the same file opens, one unpoliced process", Target::None),
             connect_no_agent: rate("the same connects, no agent", Target::None),
             write_no_agent: rate("the same file opens, no agent", Target::None),
+            write_refused_no_agent: rate("refused file opens, no agent", Target::None),
             kernel_exact: Row::new(GROUP, "kernel counter minus refusals seen", "ops", Target::AtMost(0.0)),
             metric_exact: Row::new(GROUP, "parapet_violations_total minus refusals seen", "ops", Target::AtMost(0.0)),
             lossless: Row::new(GROUP, "highest paced rate tail receives without loss", "events/s", Target::AtLeast(2e5)),
@@ -189,19 +191,22 @@ impl Rows {
         }
     }
 
-    /// Says, for a refusal rate, how it compares with the same calls made
-    /// with no agent.
+    /// Says how the refusal rates compare with the same calls made with no
+    /// agent.
     fn explain_rates(&mut self) {
-        for (policed, no_agent) in [(&mut self.connect, &self.connect_no_agent), (&mut self.write, &self.write_no_agent)] {
-            let ratio = policed.median() / no_agent.median();
-            let mut context = format!("{:.2} times the rate with no agent", ratio);
-            if no_agent.median() < 1e6 {
-                context.push_str(", and with no agent one process makes fewer than 1,000,000 of these calls a second: the syscall itself is the limit");
-            }
-            if !policed.context.is_empty() {
-                context = format!("{context}; {}", policed.context);
-            }
-            policed.context = context;
+        let connect = format!(
+            "{:.2} times the rate of the same connects with no agent, which each send a SYN on a new socket; without an agent no connect is refused before it leaves",
+            self.connect.median() / self.connect_no_agent.median()
+        );
+        let mut write = format!(
+            "{:.2} times the rate of the same refused opens with no agent",
+            self.write.median() / self.write_refused_no_agent.median()
+        );
+        if self.write_refused_no_agent.median() < 1e6 {
+            write.push_str(", and with no agent one process makes fewer than 1,000,000 of them a second: the syscall itself is the limit");
+        }
+        for (row, text) in [(&mut self.connect, connect), (&mut self.write, write)] {
+            row.context = if row.context.is_empty() { text } else { format!("{text}; {}", row.context) };
         }
     }
 
@@ -213,6 +218,7 @@ impl Rows {
             self.write,
             self.write_unpoliced,
             self.write_no_agent,
+            self.write_refused_no_agent,
             self.kernel_exact,
             self.metric_exact,
             self.unaccounted,
@@ -239,6 +245,7 @@ async fn measure(containerd: &Containerd, options: &Options) -> Result<Vec<Row>>
     follower.stop();
     agent.stop()?;
     result?;
+    measure_refusals_without_agent(&settings, &client, &mut rows).await?;
     rows.explain_rates();
     Ok(rows.into_vec())
 }
@@ -259,6 +266,25 @@ async fn measure_without_agent(settings: &Settings, target: &Pod, bystander: &Po
         "without a policy the calls do more: each connect sends a SYN on a new socket".to_owned();
     rows.write_no_agent.context =
         "without a policy each open creates or opens the file and is closed".to_owned();
+    Ok(())
+}
+
+/// Measures refused file opens after the agent stopped: the read-only
+/// mounts it made stay for the pod's life, so the kernel alone refuses.
+async fn measure_refusals_without_agent(settings: &Settings, client: &Pod, rows: &mut Rows) -> Result<()> {
+    // Stopping the agent unpins its programs; the kernel detaches them
+    // from a work queue a moment later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seconds = settings.seconds.to_string();
+    for _ in 0..settings.rounds {
+        let writes = flood(client, &["write", "/flood-probe", "--seconds", &seconds]).await?;
+        if writes.refused != writes.attempts {
+            bail!("the client pod's root is no longer read-only: {writes:?}");
+        }
+        rows.write_refused_no_agent.values.push(writes.per_second());
+    }
+    rows.write_refused_no_agent.context =
+        "the client pod after the agent stopped: the mounts it made read-only stay so".to_owned();
     Ok(())
 }
 
