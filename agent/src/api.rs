@@ -22,6 +22,7 @@
 
 use std::{
     fs,
+    os::fd::AsRawFd as _,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -268,6 +269,7 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
     // Bytes the client sent after its request line are not read: any
     // further byte, or the end of the stream, ends the connection.
     let mut read_half = limited.into_inner().into_inner();
+    enlarge_send_buffer(&write_half);
     let since = subscription.since_ms.map(Duration::from_millis);
     let crate::feed::Subscription {
         replay,
@@ -329,6 +331,31 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
             return Ok(());
         }
     }
+}
+
+/// Bytes requested for a follower's socket send buffer, which the kernel
+/// doubles for its bookkeeping: room for a few thousand events beyond the
+/// feed's backlog while `tail` waits to be scheduled.
+const FOLLOWER_SEND_BUFFER: libc::c_int = 1 << 20;
+
+/// Gives a follower's socket a send buffer of [`FOLLOWER_SEND_BUFFER`]
+/// bytes. `SO_SNDBUFFORCE` passes over the `net.core.wmem_max` limit and
+/// needs `CAP_NET_ADMIN`; without it the buffer is as large as the limit
+/// allows.
+fn enlarge_send_buffer(write_half: &OwnedWriteHalf) {
+    let fd = write_half.as_ref().as_raw_fd();
+    let size = FOLLOWER_SEND_BUFFER;
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: `size` is a valid c_int for the length passed, and `fd`
+        // is the follower's open socket.
+        let set = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const size).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if set == 0 {
+            return;
+        }
+    }
+    debug!(error = %std::io::Error::last_os_error(), "failed to enlarge a follower's send buffer");
 }
 
 /// Bytes of lines a follower is sent with one write.
