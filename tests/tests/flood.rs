@@ -73,7 +73,7 @@ async fn flood_of_denials_is_counted_exactly() -> Result<()> {
                 page?;
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Ok((slowest, scrapes))
+            Ok::<_, anyhow::Error>((slowest, scrapes))
         })
     };
     let count = ATTEMPTS.to_string();
