@@ -6,6 +6,9 @@
 //! ones the client asked for with `since_ms`, then live ones. When a client
 //! reads too slowly to keep up, the agent skips events for it rather than
 //! slow down, and sends a `{"missed": N}` line saying how many it skipped.
+//! When the kernel drops event records because its ring buffer is full,
+//! every follower gets a `{"kernel_dropped": N}` line within a second,
+//! also one that fell behind.
 //! When the replay lacks events that the buffer no longer holds, the agent
 //! sends a `{"notice": "..."}` line first. For `status` the agent sends one
 //! `Status` line and closes the connection. Anything a follower sends after
@@ -19,6 +22,7 @@
 
 use std::{
     fs,
+    os::fd::AsRawFd as _,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -27,7 +31,7 @@ use std::{
 
 use crate::{
     event::Kind,
-    feed::{Feed, RECENT_CAPACITY},
+    feed::{EventKey, Feed, Published, RECENT_CAPACITY},
 };
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +43,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    event::{Event, VerdictName},
+    event::VerdictName,
     status::Status,
 };
 
@@ -87,7 +91,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn matches(&self, event: &Event) -> bool {
+    pub fn matches(&self, event: &EventKey) -> bool {
         let allowed_requested = self.include_allowed || self.verdict == Some(VerdictName::Allow);
         (allowed_requested || event.verdict != VerdictName::Allow)
             && self.verdict.is_none_or(|verdict| verdict == event.verdict)
@@ -108,6 +112,15 @@ fn filter_matches(filter: &Option<String>, value: &Option<String>) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Missed {
     pub missed: u64,
+}
+
+/// A line the agent sends besides events: event records of any workload
+/// that the kernel dropped because its ring buffer was full, since the
+/// previous such line. `parapet_events_lost_total` counts them too.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelDropped {
+    pub kernel_dropped: u64,
 }
 
 /// A warning line the agent sends besides events.
@@ -256,12 +269,15 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
     // Bytes the client sent after its request line are not read: any
     // further byte, or the end of the stream, ends the connection.
     let mut read_half = limited.into_inner().into_inner();
+    enlarge_send_buffer(&write_half);
     let since = subscription.since_ms.map(Duration::from_millis);
     let crate::feed::Subscription {
         replay,
         replay_incomplete,
         live: mut receiver,
+        mut kernel_dropped,
     } = feed.subscribe(since);
+    let mut dropped_reported = *kernel_dropped.borrow_and_update();
     if replay_incomplete {
         let notice = Notice {
             notice: format!(
@@ -271,29 +287,115 @@ async fn serve_client(stream: UnixStream, feed: &Feed, status: StatusFn) -> std:
         let line = serde_json::to_string(&notice).map_err(std::io::Error::other)?;
         send(&mut write_half, &line).await?;
     }
-    for event in replay.iter().filter(|event| subscription.matches(event)) {
-        let line = serde_json::to_string(&**event).map_err(std::io::Error::other)?;
-        send(&mut write_half, &line).await?;
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    for event in replay.iter().filter(|event| subscription.matches(&event.key)) {
+        batch.extend_from_slice(&event.line);
+        if batch.len() >= WRITE_BATCH {
+            send_bytes(&mut write_half, &batch).await?;
+            batch.clear();
+        }
     }
+    send_bytes(&mut write_half, &batch).await?;
     let mut byte = [0u8; 1];
     loop {
+        batch.clear();
         let received = tokio::select! {
             received = receiver.recv() => received,
+            changed = kernel_dropped.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let total = *kernel_dropped.borrow_and_update();
+                let line = serde_json::to_string(&KernelDropped { kernel_dropped: total - dropped_reported })
+                    .map_err(std::io::Error::other)?;
+                dropped_reported = total;
+                send(&mut write_half, &line).await?;
+                continue;
+            }
             _ = read_half.read(&mut byte) => return Ok(()),
         };
-        let line = match received {
-            Ok(event) => {
-                if !subscription.matches(&event) {
-                    continue;
-                }
-                serde_json::to_string(&*event).map_err(std::io::Error::other)?
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                serde_json::to_string(&Missed { missed }).map_err(std::io::Error::other)?
-            }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        let mut closed = add_to_batch(&mut batch, &subscription, received);
+        // Take what else is queued already, so that a flood costs one
+        // write per batch rather than one per event.
+        while !closed && batch.len() < WRITE_BATCH {
+            let received = match receiver.try_recv() {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => Err(broadcast::error::RecvError::Lagged(missed)),
+                Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            };
+            closed = add_to_batch(&mut batch, &subscription, received);
+        }
+        send_bytes(&mut write_half, &batch).await?;
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Bytes requested for a follower's socket send buffer, which the kernel
+/// doubles for its bookkeeping: room for a few thousand events beyond the
+/// feed's backlog while `tail` waits to be scheduled.
+const FOLLOWER_SEND_BUFFER: libc::c_int = 1 << 20;
+
+/// Gives a follower's socket a send buffer of [`FOLLOWER_SEND_BUFFER`]
+/// bytes. `SO_SNDBUFFORCE` passes over the `net.core.wmem_max` limit and
+/// needs `CAP_NET_ADMIN`; without it the buffer is as large as the limit
+/// allows.
+fn enlarge_send_buffer(write_half: &OwnedWriteHalf) {
+    let fd = write_half.as_ref().as_raw_fd();
+    let size = FOLLOWER_SEND_BUFFER;
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: `size` is a valid c_int for the length passed, and `fd`
+        // is the follower's open socket.
+        let set = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const size).cast(), size_of::<libc::c_int>() as libc::socklen_t)
         };
-        send(&mut write_half, &line).await?;
+        if set == 0 {
+            return;
+        }
+    }
+    debug!(error = %std::io::Error::last_os_error(), "failed to enlarge a follower's send buffer");
+}
+
+/// Bytes of lines a follower is sent with one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Appends the line of a received event that the subscription matches, or
+/// a `Missed` line when the client fell behind. Returns true when the feed
+/// is closed.
+fn add_to_batch(
+    batch: &mut Vec<u8>,
+    subscription: &Subscription,
+    received: Result<Arc<Published>, broadcast::error::RecvError>,
+) -> bool {
+    match received {
+        Ok(event) => {
+            if subscription.matches(&event.key) {
+                batch.extend_from_slice(&event.line);
+            }
+            false
+        }
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            batch.extend_from_slice(format!("{{\"missed\":{missed}}}\n").as_bytes());
+            false
+        }
+        Err(broadcast::error::RecvError::Closed) => true,
+    }
+}
+
+/// Writes `bytes`, and fails when the client has not taken all of them
+/// after [`WRITE_TIMEOUT`].
+async fn send_bytes(write_half: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client did not take its events within {} seconds", WRITE_TIMEOUT.as_secs()),
+        )),
     }
 }
 
@@ -315,9 +417,10 @@ async fn send(write_half: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
 
-    fn event(verdict: &str, kind: &str, container: &str, policy: &str) -> Event {
-        serde_json::from_value(serde_json::json!({
+    fn event(verdict: &str, kind: &str, container: &str, policy: &str) -> EventKey {
+        serde_json::from_value::<Event>(serde_json::json!({
             "time": "2026-12-04T00:00:00Z", "node": "n", "kind": kind, "operation": "connect",
             "verdict": verdict, "namespace": "clinic", "pod": "api", "pod_uid": null,
             "container": container, "container_id": null, "cgroup_id": 1, "pid": 7, "tid": 7,
@@ -325,6 +428,7 @@ mod tests {
             "policy": policy, "rule": null
         }))
         .unwrap()
+        .into()
     }
 
     #[test]

@@ -173,10 +173,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         node: node.clone(),
         identities: Arc::clone(&identities),
     };
-    let sink = Arc::new(reader::EventSink {
-        node: node.clone(),
-        feed: Arc::clone(&feed),
-    });
+    let sink = Arc::new(reader::EventSink::new(node.clone(), Arc::clone(&feed)));
     let reader_sink = Arc::clone(&sink);
     let first_pass = Arc::new(tokio::sync::Notify::new());
     let workloads_named = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -185,8 +182,13 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         // Records left in a pinned ring buffer by operations made while no
         // agent ran are named after the first pass over the workloads.
         let _ = tokio::time::timeout(FIRST_PASS_WAIT, first_pass_done.notified()).await;
-        if let Err(error) = reader::run(ring, namer, reader_sink).await {
-            error!(error = %error, "the event reader stopped; events are no longer reported");
+        let spawned = std::thread::Builder::new().name("event-reader".to_owned()).spawn(move || {
+            if let Err(error) = reader::run(ring, namer, reader_sink) {
+                error!(error = %error, "the event reader stopped; events are no longer reported");
+            }
+        });
+        if let Err(error) = spawned {
+            error!(error = %error, "failed to start the event reader thread; events are not reported");
         }
     });
     let status_snapshot = Arc::new(RwLock::new(Status {
@@ -233,6 +235,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             status
         })
     };
+    tokio::spawn(crate::dropped_records::watch(Arc::clone(&kernel), Arc::clone(&feed)));
     tokio::spawn(api::serve(listener, feed, status_fn));
 
     let mut state = LoopState {

@@ -1,6 +1,8 @@
 //! The event feed of `parapet tail` clients: live events through a
 //! broadcast channel, and the most recent ones kept in a bounded buffer so
-//! that a client can ask for the last minutes again (`--since`).
+//! that a client can ask for the last minutes again (`--since`). Each
+//! event is serialized once, when it is published, and every client is
+//! sent the same bytes.
 
 use std::{
     collections::VecDeque,
@@ -8,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use crate::event::Event;
+use crate::event::{Event, Kind, VerdictName};
 
 /// Events kept for replay. At an estimated few hundred bytes each, this is
 /// a few MiB.
@@ -19,14 +21,70 @@ pub const RECENT_CAPACITY: usize = 4096;
 /// Events a live client may fall behind by before it misses some.
 const LIVE_BACKLOG: usize = 4096;
 
+/// Bytes reserved for an event's JSON line before it is serialized.
+const LINE_CAPACITY: usize = 1024;
+
+/// An event's JSON line, as stdout and every client receive it, and the
+/// fields clients filter on. The rest of the event is dropped once it is
+/// serialized, so that the events kept for replay hold few allocations.
+pub struct Published {
+    pub key: EventKey,
+    /// The event as one line of JSON, with its newline.
+    pub line: Box<[u8]>,
+}
+
+/// The fields of an event that `tail` clients filter on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventKey {
+    pub kind: Kind,
+    pub verdict: VerdictName,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub policy: Option<String>,
+}
+
+impl From<Event> for EventKey {
+    fn from(event: Event) -> Self {
+        Self {
+            kind: event.kind,
+            verdict: event.verdict,
+            namespace: event.namespace,
+            pod: event.pod,
+            container: event.container,
+            policy: event.policy,
+        }
+    }
+}
+
+impl Published {
+    /// Serializes `event` into its line.
+    pub fn new(event: Event) -> Self {
+        // Most events fit, so the line is not grown step by step.
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        if let Err(error) = serde_json::to_writer(&mut line, &event) {
+            // Serializing these plain fields cannot fail. Should it ever,
+            // the line still reports that an event happened.
+            line = format!("{{\"error\":\"failed to serialize an event: {error}\"}}").into_bytes();
+        }
+        line.push(b'\n');
+        Self { key: EventKey::from(event), line: line.into_boxed_slice() }
+    }
+}
+
 pub struct Feed {
     recent: Mutex<Recent>,
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Published>>,
+    /// Event records the kernel dropped because its ring buffer was full,
+    /// of any workload, since the agent started. A watch channel rather
+    /// than the broadcast, so that a client that falls behind still learns
+    /// of every drop.
+    kernel_dropped: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct Recent {
-    events: VecDeque<(Instant, Arc<Event>)>,
+    events: VecDeque<(Instant, Arc<Published>)>,
     /// When the newest event pushed out of the buffer was published.
     newest_dropped: Option<Instant>,
 }
@@ -34,11 +92,12 @@ struct Recent {
 /// A new client's events: the recent ones it asked for, then the live
 /// stream from the event after them.
 pub struct Subscription {
-    pub replay: Vec<Arc<Event>>,
+    pub replay: Vec<Arc<Published>>,
     /// True when events inside the requested window were already pushed
     /// out of the buffer, so the replay lacks its oldest part.
     pub replay_incomplete: bool,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
+    pub kernel_dropped: watch::Receiver<u64>,
 }
 
 impl Default for Feed {
@@ -52,22 +111,37 @@ impl Feed {
         Self {
             recent: Mutex::new(Recent::default()),
             sender: broadcast::channel(LIVE_BACKLOG).0,
+            kernel_dropped: watch::Sender::new(0),
         }
     }
 
     /// Keeps the event for replay and sends it to live clients.
-    pub fn publish(&self, event: Arc<Event>) {
+    pub fn publish(&self, event: Arc<Published>) {
+        self.publish_all(std::iter::once(event));
+    }
+
+    /// Keeps the events for replay and sends them to live clients, under
+    /// one lock, so that a client woken by the first finds them all.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Arc<Published>>) {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.events.len() == RECENT_CAPACITY
-            && let Some((published, _)) = recent.events.pop_front()
-        {
-            recent.newest_dropped = Some(published);
+        for event in events {
+            if recent.events.len() == RECENT_CAPACITY
+                && let Some((published, _)) = recent.events.pop_front()
+            {
+                recent.newest_dropped = Some(published);
+            }
+            recent.events.push_back((now, Arc::clone(&event)));
+            // Sending under the lock orders the live stream after every
+            // replay taken before it. An error only means that no client
+            // is connected.
+            let _ = self.sender.send(event);
         }
-        recent.events.push_back((now, Arc::clone(&event)));
-        // Sending under the lock orders the live stream after every replay
-        // taken before it. An error only means that no client is connected.
-        let _ = self.sender.send(event);
+    }
+
+    /// Tells live clients that the kernel dropped `count` event records.
+    pub fn report_kernel_dropped(&self, count: u64) {
+        self.kernel_dropped.send_modify(|total| *total += count);
     }
 
     /// Subscribes to live events and takes the events published in the last
@@ -75,11 +149,13 @@ impl Feed {
     pub fn subscribe(&self, since: Option<Duration>) -> Subscription {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.sender.subscribe();
+        let kernel_dropped = self.kernel_dropped.subscribe();
         let Some(since) = since else {
             return Subscription {
                 replay: Vec::new(),
                 replay_incomplete: false,
                 live,
+                kernel_dropped,
             };
         };
         let cutoff = Instant::now().checked_sub(since);
@@ -94,6 +170,7 @@ impl Feed {
             replay,
             replay_incomplete: recent.newest_dropped.as_ref().is_some_and(in_window),
             live,
+            kernel_dropped,
         }
     }
 }
@@ -101,10 +178,17 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Kind, VerdictName};
 
-    fn event(pid: u32) -> Arc<Event> {
-        Arc::new(Event {
+    fn pid(published: &Published) -> u32 {
+        serde_json::from_slice::<Event>(&published.line).unwrap().pid
+    }
+
+    fn event(pid: u32) -> Arc<Published> {
+        Arc::new(Published::new(plain_event(pid)))
+    }
+
+    fn plain_event(pid: u32) -> Event {
+        Event {
             time: String::new(),
             node: "node".to_owned(),
             kind: Kind::File,
@@ -128,7 +212,7 @@ mod tests {
             path: None,
             resolved_path: None,
             path_truncated: None,
-        })
+        }
     }
 
     #[test]
@@ -138,11 +222,20 @@ mod tests {
         feed.publish(event(2));
         let mut subscription = feed.subscribe(Some(Duration::from_secs(60)));
         feed.publish(event(3));
-        let replayed: Vec<u32> = subscription.replay.iter().map(|e| e.pid).collect();
+        let replayed: Vec<u32> = subscription.replay.iter().map(|e| pid(e)).collect();
         assert_eq!(replayed, [1, 2]);
         assert!(!subscription.replay_incomplete);
-        assert_eq!(subscription.live.try_recv().map(|e| e.pid).ok(), Some(3));
+        assert_eq!(subscription.live.try_recv().map(|e| pid(&e)).ok(), Some(3));
         assert!(subscription.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn published_line_is_the_event_as_json() {
+        let published = Published::new(plain_event(7));
+        assert_eq!(published.line.last(), Some(&b'\n'));
+        let parsed: Event = serde_json::from_slice(&published.line).unwrap();
+        assert_eq!(parsed, plain_event(7));
+        assert_eq!(published.key, EventKey::from(plain_event(7)));
     }
 
     #[test]
@@ -161,7 +254,7 @@ mod tests {
         }
         let subscription = feed.subscribe(Some(Duration::from_secs(60)));
         assert_eq!(subscription.replay.len(), RECENT_CAPACITY);
-        assert_eq!(subscription.replay.first().map(|e| e.pid), Some(10));
+        assert_eq!(subscription.replay.first().map(|e| pid(e)), Some(10));
         assert!(subscription.replay_incomplete);
     }
 }

@@ -11,6 +11,7 @@ pub mod cri;
 pub mod cri_health;
 pub mod daemon;
 pub mod dir_events;
+pub mod dropped_records;
 pub mod enforce;
 pub mod event;
 pub mod exec_rules;

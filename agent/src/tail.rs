@@ -9,7 +9,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{Missed, Notice, Request, Subscription},
+    api::{KernelDropped, Missed, Notice, Request, Subscription},
     event::{Event, Kind, VerdictName},
 };
 
@@ -84,35 +84,85 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
     let request = serde_json::to_string(&Request::Follow(subscription))?;
     // A refused client may fail to send while the agent's reply waits.
     let sent = write_half.write_all(format!("{request}\n").as_bytes()).await;
-    let mut lines = BufReader::new(read_half).lines();
-    let stdout = std::io::stdout();
-    while let Some(line) = lines.next_line().await? {
-        let mut out = stdout.lock();
-        if let Ok(missed) = serde_json::from_str::<Missed>(&line) {
-            eprintln!("parapet tail: missed {} events because this client read too slowly", missed.missed);
-            continue;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
+    let mut line = String::new();
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            write_out(&mut out)?;
+            break;
         }
-        if let Ok(notice) = serde_json::from_str::<Notice>(&line) {
-            eprintln!("parapet tail: {}", notice.notice);
+        let text = line.trim_end_matches('\n');
+        let is_message = [r#"{"missed":"#, r#"{"kernel_dropped":"#, r#"{"notice":"#, r#"{"error":"#]
+            .iter()
+            .any(|prefix| text.starts_with(prefix));
+        if is_message {
+            // Events printed so far come before the message about them.
+            write_out(&mut out)?;
+            message(text)?;
             continue;
-        }
-        if let Ok(error) = serde_json::from_str::<serde_json::Value>(&line)
-            && let Some(message) = error.get("error").and_then(|m| m.as_str())
-        {
-            anyhow::bail!("the agent rejected the request: {message}");
         }
         match output {
-            Output::Json => writeln!(out, "{line}")?,
+            Output::Json => {
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'\n');
+            }
             Output::Text => {
-                let event: Event = serde_json::from_str(&line)
-                    .with_context(|| format!("invalid event from the agent: {line}"))?;
-                writeln!(out, "{}", text_line(&event))?;
+                let event: Event = serde_json::from_str(text)
+                    .with_context(|| format!("invalid event from the agent: {text}"))?;
+                out.extend_from_slice(text_line(&event).as_bytes());
+                out.push(b'\n');
             }
         }
-        out.flush()?;
+        // Write when no further whole line is buffered, so that output
+        // never waits for the next event, and write once per batch under
+        // a flood.
+        if out.len() >= WRITE_BATCH || !reader.buffer().contains(&b'\n') {
+            write_out(&mut out)?;
+        }
     }
     sent.context("failed to send the request to the agent")?;
     anyhow::bail!("the agent closed the event stream (did it stop or restart?)")
+}
+
+/// Bytes read from the agent at a time.
+const READ_BUFFER: usize = 256 * 1024;
+/// Bytes of output lines written to stdout at a time.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Writes the output lines gathered so far to stdout.
+fn write_out(out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out)?;
+    stdout.flush()?;
+    out.clear();
+    Ok(())
+}
+
+/// Handles a line from the agent that is not an event: a count of missed
+/// or dropped events or a notice goes to stderr, an error ends the stream.
+fn message(line: &str) -> anyhow::Result<()> {
+    if let Ok(missed) = serde_json::from_str::<Missed>(line) {
+        eprintln!("parapet tail: missed {} events because this client read too slowly", missed.missed);
+    } else if let Ok(dropped) = serde_json::from_str::<KernelDropped>(line) {
+        eprintln!(
+            "parapet tail: the kernel dropped {} events because the agent's ring buffer was full; parapet_events_lost_total counts them",
+            dropped.kernel_dropped
+        );
+    } else if let Ok(notice) = serde_json::from_str::<Notice>(line) {
+        eprintln!("parapet tail: {}", notice.notice);
+    } else if let Ok(error) = serde_json::from_str::<serde_json::Value>(line)
+        && let Some(message) = error.get("error").and_then(|m| m.as_str())
+    {
+        anyhow::bail!("the agent rejected the request: {message}");
+    } else {
+        anyhow::bail!("invalid message from the agent: {line}");
+    }
+    Ok(())
 }
 
 /// One event as a line of text: time, verdict, kind, workload, process,

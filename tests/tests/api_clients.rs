@@ -259,7 +259,7 @@ async fn follower_that_never_reads_is_dropped() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let target_ip = target.ip.to_string();
     let flood = client
-        .exec(&["netprobe", "flood", "udp", &target_ip, "9000", "20000"])
+        .exec(&["netprobe", "flood", "udp", &target_ip, "9000", "--count", "20000"])
         .await?;
     println!("flood: {}", flood.stdout_trimmed());
     reader.wait_for_line(&["\"verdict\":\"deny\""])?;

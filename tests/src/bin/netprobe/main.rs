@@ -6,7 +6,7 @@
 //! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
 //! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
 //! netprobe openat2 PATH                create PATH with openat2(2)
-//! netprobe flood udp ADDR PORT COUNT   COUNT sendto() calls as fast as it can; prints the outcomes
+//! netprobe flood udp|connect|write ...  refused calls in a loop, timed or paced (see `flood`)
 //! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
 //! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
 //! netprobe attempts STOP WRITE ADDR:PORT...  connects and a file creation in a loop (see `attempts`)
@@ -24,6 +24,7 @@
 
 mod attempts;
 mod bench;
+mod flood;
 mod held;
 mod uring;
 
@@ -43,7 +44,8 @@ const USAGE: &str = "usage: netprobe connect tcp|udp ADDR PORT\n       \
                      netprobe socket udplite|raw|packet|inet-packet\n       \
                      netprobe fchmod|fsetxattr PATH\n       \
                      netprobe openat2 PATH\n       \
-                     netprobe flood udp ADDR PORT COUNT\n       \
+                     netprobe flood udp|connect ADDR PORT [--seconds S] [--count N] [--rate R]\n       \
+                     netprobe flood write PATH [--seconds S] [--count N] [--rate R]\n       \
                      netprobe file copy-range|splice|fallocate|ftruncate|mmap-shared PATH\n       \
                      netprobe exec-memfd PROGRAM\n       \
                      netprobe uring openat-write|write|fallocate|splice|ftruncate|unlinkat|mkdirat PATH\n       \
@@ -74,7 +76,7 @@ fn main() -> ExitCode {
         Ok(Command::Listen(protocol, port)) => listen(protocol, port),
         Ok(Command::Socket(family, kind, protocol)) => report(open_socket(family, kind, protocol)),
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
-        Ok(Command::Flood(target, count)) => flood(target, count),
+        Ok(Command::Flood(plan)) => report_flood(flood::run(&plan)),
         Ok(Command::Openat2(path)) => report(create_with_openat2(&path)),
         Ok(Command::File(operation, path)) => report(file_operation(operation, path)),
         Ok(Command::ExecMemfd(program)) => report(exec_memfd(program)),
@@ -111,8 +113,8 @@ enum Command {
     Socket(i32, i32, i32),
     /// A change made through a read-only descriptor of the path.
     Descriptor(DescriptorCall, String),
-    /// Many datagrams to one peer, from one socket.
-    Flood(SocketAddr, u64),
+    /// Refused calls in a loop.
+    Flood(flood::Plan),
     /// A file created with `openat2`.
     Openat2(String),
     /// One way of changing the file at a path, through a descriptor.
@@ -166,10 +168,7 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         ["fchmod", path] => Ok(Command::Descriptor(DescriptorCall::Fchmod, (*path).to_owned())),
         ["fsetxattr", path] => Ok(Command::Descriptor(DescriptorCall::Fsetxattr, (*path).to_owned())),
         ["openat2", path] => Ok(Command::Openat2((*path).to_owned())),
-        ["flood", "udp", addr, port, count] => Ok(Command::Flood(
-            parse_target(addr, port)?,
-            count.parse().map_err(|_| format!("invalid count {count:?}"))?,
-        )),
+        ["flood", rest @ ..] => Ok(Command::Flood(flood::parse(rest, parse_target)?)),
         ["file", operation, path] => Ok(Command::File((*operation).to_owned(), (*path).to_owned())),
         ["exec-memfd", program] => Ok(Command::ExecMemfd((*program).to_owned())),
         ["uring", "openat-write" | "write" | "fallocate" | "splice" | "ftruncate" | "unlinkat" | "mkdirat", _]
@@ -253,26 +252,11 @@ fn create_with_openat2(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `count` datagrams to `target` and prints `sent=N denied=N other=N
-/// seconds=S`: how many calls succeeded, failed with EPERM, or failed
-/// otherwise, and how long they took.
-fn flood(target: SocketAddr, count: u64) -> ExitCode {
-    let socket = match UdpSocket::bind(unspecified_for(target)) {
-        Ok(socket) => socket,
-        Err(error) => return report(Err(error)),
-    };
-    let (mut sent, mut denied, mut other) = (0u64, 0u64, 0u64);
-    let started = std::time::Instant::now();
-    for _ in 0..count {
-        match socket.send_to(PAYLOAD, target) {
-            Ok(_) => sent += 1,
-            Err(error) if error.raw_os_error() == Some(libc::EPERM) => denied += 1,
-            Err(_) => other += 1,
-        }
+fn report_flood(result: io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(Err(error)),
     }
-    let seconds = started.elapsed().as_secs_f64();
-    println!("sent={sent} denied={denied} other={other} seconds={seconds:.3}");
-    ExitCode::SUCCESS
 }
 
 fn report(result: io::Result<()>) -> ExitCode {

@@ -156,7 +156,7 @@ async fn during_flood(agent: &Agent, sizes: &Sizes, pods: &[Pod]) -> Result<Vec<
     };
     let target_ip = target.ip.to_string();
     client
-        .start_container("flood", &["netprobe", "flood", "udp", &target_ip, "9000", "1000000000000"])
+        .start_container("flood", &["netprobe", "flood", "udp", &target_ip, "9000", "--seconds", "100000"])
         .await?;
     let started = Instant::now();
     while denials(agent)? == 0.0 {

@@ -3,6 +3,7 @@
 //! table of results as Markdown and JSON.
 
 mod agent_cost;
+mod denials;
 mod machine;
 mod proc_usage;
 mod programs;
@@ -30,11 +31,12 @@ pub struct Options {
 
 /// The groups of measurements, in the order they run. Each group's module
 /// has `pub async fn run(options: &Options) -> Result<Vec<Row>>`.
-const GROUPS: [&str; 3] = ["syscalls", "reaction", "agent cost"];
+const GROUPS: [&str; 4] = ["syscalls", "denials", "reaction", "agent cost"];
 
 async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
     match group {
         "syscalls" => syscalls::run(options).await,
+        "denials" => denials::run(options).await,
         "reaction" => reaction::run(options).await,
         "agent cost" => agent_cost::run(options).await,
         _ => bail!("no group {group:?}"),
