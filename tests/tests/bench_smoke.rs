@@ -1,5 +1,5 @@
-//! `parapet-bench --quick` on the syscall and reaction groups: every row
-//! the groups promise is in the JSON table, each with finite figures.
+//! `parapet-bench --quick`: every row the groups promise is in the JSON
+//! table, each with finite figures, and the counts that must be exact are.
 
 use std::process::Command;
 
@@ -16,12 +16,23 @@ const REACTION_ROWS: [&str; 5] = [
     "new containers refused at their first connect",
 ];
 
-#[test]
-fn quick_bench_writes_every_row() -> Result<()> {
-    parapet_tests::skip_unless_testbed!(Ok(()));
-    let out = std::env::temp_dir().join(format!("parapet-bench-smoke-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_parapet-bench"))
-        .args(["--quick", "--only", "syscalls", "--only", "reaction", "--out"])
+const EXACT_DENIAL_ROWS: [&str; 4] = [
+    "kernel counter off from refusals seen by",
+    "parapet_violations_total off from refusals seen by",
+    "refusals that tail neither printed nor was told of as missed or dropped",
+    "drops reported to tail off from the parapet_events_lost_total increase by",
+];
+
+/// Runs `parapet-bench --quick` on `groups` and returns the JSON table.
+fn quick_bench(name: &str, groups: &[&str]) -> Result<(Value, String)> {
+    let out = std::env::temp_dir().join(format!("parapet-bench-{name}-{}", std::process::id()));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parapet-bench"));
+    command.arg("--quick");
+    for group in groups {
+        command.args(["--only", group]);
+    }
+    let output = command
+        .arg("--out")
         .arg(&out)
         .env("PARAPET_BIN", parapet_tests::agent::parapet_bin()?)
         .output()
@@ -29,9 +40,19 @@ fn quick_bench_writes_every_row() -> Result<()> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "parapet-bench failed with {}:\n{stdout}\n{stderr}", output.status);
-
     let text = std::fs::read_to_string(out.join("bench.json"))?;
-    let table: Value = serde_json::from_str(&text)?;
+    std::fs::remove_dir_all(&out)?;
+    Ok((serde_json::from_str(&text)?, text))
+}
+
+fn finite(row: &Value) -> bool {
+    row["values"].as_array().is_some_and(|values| !values.is_empty() && values.iter().all(|value| value.as_f64().is_some_and(f64::is_finite)))
+}
+
+#[test]
+fn quick_bench_writes_every_row() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let (table, text) = quick_bench("syscalls", &["syscalls", "reaction"])?;
     let rows = table["rows"].as_array().context("bench.json has no rows")?;
     let mut expected: Vec<String> = Vec::new();
     for operation in OPERATIONS {
@@ -52,6 +73,29 @@ fn quick_bench_writes_every_row() -> Result<()> {
     assert_eq!(rows.len(), expected.len(), "unexpected rows in {text}");
     let refused = rows.iter().find(|row| row["name"] == REACTION_ROWS[4]).context("no refusal row")?;
     assert_eq!(refused["median"].as_f64(), Some(100.0), "a new container's first connect got through: {refused}");
-    std::fs::remove_dir_all(&out)?;
+    Ok(())
+}
+
+#[test]
+fn quick_bench_counts_denials_exactly_and_measures_the_agent() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let (table, text) = quick_bench("denials", &["denials", "agent cost"])?;
+    let rows = table["rows"].as_array().context("bench.json has no rows")?;
+    for name in EXACT_DENIAL_ROWS {
+        let row = rows.iter().find(|row| row["name"] == name).unwrap_or_else(|| panic!("no row {name:?} in {text}"));
+        assert!(finite(row), "row {name:?} has no finite figures: {row}");
+        assert_eq!(row["met"], Value::Bool(true), "a count that must be exact is not: {row}");
+    }
+    let refused = rows
+        .iter()
+        .find(|row| row["name"] == "refused connects, one policed process")
+        .context("no row of refused connects")?;
+    assert!(refused["median"].as_f64().is_some_and(|rate| rate > 0.0), "no refused connects measured: {refused}");
+    let cost: Vec<&Value> = rows.iter().filter(|row| row["group"] == "agent cost").collect();
+    for kind in ["memory, idle", "memory, flood", "CPU, idle", "CPU, flood"] {
+        let row = cost.iter().find(|row| row["name"].as_str().is_some_and(|name| name.starts_with(kind)));
+        let row = row.unwrap_or_else(|| panic!("no agent cost row starting {kind:?} in {text}"));
+        assert!(finite(row), "row {kind:?} has no finite figures: {row}");
+    }
     Ok(())
 }

@@ -14,6 +14,9 @@ pub enum Target {
     AtMost(f64),
     /// The median must be at least this.
     AtLeast(f64),
+    /// Every round's figure must be at most this: for counts that must be
+    /// exact, where one round off is a failure.
+    EveryRoundAtMost(f64),
     /// Shown for context; no target applies.
     None,
 }
@@ -61,6 +64,7 @@ impl Row {
         match self.target {
             Target::AtMost(limit) => Some(self.median() <= limit),
             Target::AtLeast(floor) => Some(self.median() >= floor),
+            Target::EveryRoundAtMost(limit) => Some(self.max() <= limit),
             Target::None => None,
         }
     }
@@ -105,6 +109,7 @@ fn target_text(target: Target, unit: &str) -> String {
     match target {
         Target::AtMost(limit) => format!("≤ {} {unit}", figure(limit, unit)),
         Target::AtLeast(floor) => format!("≥ {} {unit}", figure(floor, unit)),
+        Target::EveryRoundAtMost(limit) => format!("≤ {} {unit} in every round", figure(limit, unit)),
         Target::None => "none".to_owned(),
     }
 }
@@ -153,6 +158,7 @@ pub fn json(machine: &Machine, rows: &[Row]) -> Value {
             let (kind, bound) = match row.target {
                 Target::AtMost(limit) => ("at_most", Some(limit)),
                 Target::AtLeast(floor) => ("at_least", Some(floor)),
+                Target::EveryRoundAtMost(limit) => ("every_round_at_most", Some(limit)),
                 Target::None => ("none", None),
             };
             json!({
@@ -217,5 +223,7 @@ mod tests {
         assert_eq!(row.met(), Some(false));
         let floor = Row { values: vec![2.0e5], ..Row::new("denials", "tail", "events/s", Target::AtLeast(2.0e5)) };
         assert_eq!(floor.met(), Some(true));
+        let exact = Row { values: vec![0.0, 3.0, 0.0], ..Row::new("denials", "off by", "ops", Target::EveryRoundAtMost(0.0)) };
+        assert_eq!(exact.met(), Some(false));
     }
 }
