@@ -77,7 +77,7 @@ fn quick_bench_writes_every_row() -> Result<()> {
 }
 
 #[test]
-fn quick_bench_counts_denials_exactly_and_measures_the_agent() -> Result<()> {
+fn quick_bench_denials_and_cost() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let (table, text) = quick_bench("denials", &["denials", "agent cost"])?;
     let rows = table["rows"].as_array().context("bench.json has no rows")?;

@@ -55,8 +55,8 @@ impl Row {
         median(&self.values)
     }
 
-    /// Whether the median meets the target; `None` where no target applies
-    /// or nothing was measured.
+    /// Returns whether the row meets its target, or `None` where no target
+    /// applies or nothing was measured.
     pub fn met(&self) -> Option<bool> {
         if self.values.is_empty() {
             return None;
@@ -70,7 +70,7 @@ impl Row {
     }
 }
 
-/// The median of `values`; NaN when there are none.
+/// Returns the median of `values`, or NaN when there are none.
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -122,7 +122,8 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// The table as Markdown: a heading naming the machine, then one table.
+/// Formats the table as Markdown: a heading naming the machine, then one
+/// table.
 pub fn markdown(machine: &Machine, rows: &[Row]) -> String {
     let mut text = String::new();
     let _ = writeln!(
@@ -150,7 +151,7 @@ pub fn markdown(machine: &Machine, rows: &[Row]) -> String {
     text
 }
 
-/// The same table as JSON, with every round's figure.
+/// Formats the same table as JSON, with every round's figure.
 pub fn json(machine: &Machine, rows: &[Row]) -> Value {
     let rows: Vec<Value> = rows
         .iter()
@@ -214,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn target_is_judged_on_the_median() {
+    fn targets_judged_on_median_or_rounds() {
         let mut row = Row::new("syscalls", "stat", "ratio", Target::AtMost(1.02));
         assert_eq!(row.met(), None);
         row.values = vec![0.99, 1.01, 1.30];
