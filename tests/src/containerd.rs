@@ -196,6 +196,8 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
+    /// Removes what the run made when `cleanup` was never reached: after a
+    /// panic, an early error return, or an interrupted bench.
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
@@ -203,6 +205,17 @@ impl Drop for Containerd {
                 self.log_path().display(),
                 log_tail(&self.log_path())
             );
+        }
+        let Some(mut teardown) = self.teardown.take() else {
+            return;
+        };
+        // The teardown runs a runtime of its own, which cannot start on a
+        // thread that already drives one.
+        let result = std::thread::scope(|scope| scope.spawn(|| teardown.run()).join());
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("parapet-tests: cleanup after an unfinished run failed: {error:#}"),
+            Err(_) => eprintln!("parapet-tests: cleanup after an unfinished run panicked"),
         }
     }
 }

@@ -25,6 +25,14 @@ pub struct BenchOptions {
 }
 
 pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
+    // The published table replaces the whole previous one, so it must hold
+    // every group, measured in full.
+    if options.publish && !options.only.is_empty() {
+        anyhow::bail!("--publish needs every group; run it without --only");
+    }
+    if options.publish && options.quick {
+        anyhow::bail!("--publish needs the full counts; run it without --quick");
+    }
     let agent = build_release()?;
     let root = workspace_root();
     let out = root.join("target/bench");

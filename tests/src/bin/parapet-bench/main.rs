@@ -53,6 +53,27 @@ pub fn netprobe_path() -> Result<PathBuf> {
     Ok(path)
 }
 
+async fn run_groups(options: &Options) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for group in GROUPS {
+        if options.only.is_empty() || options.only.iter().any(|only| only == group) {
+            println!("bench: {group}");
+            rows.extend(run_group(group, options).await?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Creates the output folder before any measurement, so that a bad
+/// `--out` fails at once rather than after the whole run.
+fn prepare_out(out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|error| anyhow::anyhow!("--out {}: failed to create the folder: {error}", out.display()))?;
+    let probe = out.join(".parapet-bench-write-check");
+    std::fs::write(&probe, b"").map_err(|error| anyhow::anyhow!("--out {}: the folder is not writable: {error}", out.display()))?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
 fn parse_options() -> Result<Options> {
     let mut options = Options { rounds: 5, out: PathBuf::from("target/bench"), only: Vec::new(), quick: false };
     let mut args = std::env::args().skip(1);
@@ -67,7 +88,10 @@ fn parse_options() -> Result<Options> {
                     .ok_or_else(|| anyhow::anyhow!("--rounds needs a whole number above 0, got {value:?}"))?;
             }
             "--quick" => options.quick = true,
-            "--out" => options.out = PathBuf::from(args.next().unwrap_or_default()),
+            "--out" => match args.next() {
+                Some(out) if !out.is_empty() && !out.starts_with("--") => options.out = PathBuf::from(out),
+                _ => bail!("--out needs a folder"),
+            },
             "--only" => {
                 let group = args.next().unwrap_or_default();
                 if !GROUPS.contains(&group.as_str()) {
@@ -84,13 +108,16 @@ fn parse_options() -> Result<Options> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = parse_options()?;
-    let mut rows: Vec<Row> = Vec::new();
-    for group in GROUPS {
-        if options.only.is_empty() || options.only.iter().any(|only| only == group) {
-            println!("bench: {group}");
-            rows.extend(run_group(group, &options).await?);
-        }
-    }
+    prepare_out(&options.out)?;
+    // On SIGINT or SIGTERM the running group is dropped, and with it the
+    // agent, the containerd run and the fake workloads, which remove what
+    // they made.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let rows = tokio::select! {
+        rows = run_groups(&options) => rows?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted by SIGINT; the bench removed the pods, cgroups and mounts it made"),
+        _ = terminate.recv() => bail!("stopped by SIGTERM; the bench removed the pods, cgroups and mounts it made"),
+    };
     let machine = machine::describe(options.rounds)?;
     report::write(&options.out, &machine, &rows)?;
     print!("{}", report::markdown(&machine, &rows));
