@@ -130,7 +130,7 @@ fn connect(address: SocketAddr) -> String {
 
 /// Makes closing send a reset, so that thousands of connections a second
 /// leave no TIME_WAIT entries to run out of local ports with.
-fn reset_on_close(stream: &TcpStream) {
+pub fn reset_on_close(stream: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

@@ -189,7 +189,7 @@ impl Operation {
             Self::Connect { listener, address } => {
                 let stream = TcpStream::connect(*address)?;
                 let (accepted, _) = listener.accept()?;
-                reset_on_close(&stream);
+                crate::attempts::reset_on_close(&stream);
                 drop(stream);
                 drop(accepted);
             }
@@ -204,22 +204,6 @@ impl Operation {
 
 fn c_path(path: &str) -> CString {
     CString::new(Path::new(path).as_os_str().as_bytes()).expect("constant paths hold no NUL byte")
-}
-
-/// Makes closing send a reset, so that tens of thousands of connections
-/// leave no TIME_WAIT entries to run out of local ports with.
-fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: the option value points at a live `linger` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 fn fork_exec_wait(program: &CString) -> io::Result<()> {
