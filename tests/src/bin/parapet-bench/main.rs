@@ -16,14 +16,14 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use report::Row;
 
-/// What the command line asked for.
+/// Options parsed from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Rounds per measurement; each round measures every configuration.
+    /// Rounds per measurement. Each round measures every configuration.
     pub rounds: usize,
     /// Where `bench.md` and `bench.json` go.
     pub out: PathBuf,
-    /// Groups to run; empty means all.
+    /// Groups to run, or every group when empty.
     pub only: Vec<String>,
     /// Small counts and few rounds, for a smoke test.
     pub quick: bool,
@@ -39,7 +39,7 @@ async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
         "denials" => denials::run(options).await,
         "reaction" => reaction::run(options).await,
         "agent cost" => agent_cost::run(options).await,
-        _ => bail!("no group {group:?}"),
+        _ => bail!("unknown group {group:?}"),
     }
 }
 
@@ -90,12 +90,12 @@ fn parse_options() -> Result<Options> {
             "--quick" => options.quick = true,
             "--out" => match args.next() {
                 Some(out) if !out.is_empty() && !out.starts_with("--") => options.out = PathBuf::from(out),
-                _ => bail!("--out needs a folder"),
+                _ => bail!("--out: missing folder; pass --out DIR"),
             },
             "--only" => {
                 let group = args.next().unwrap_or_default();
                 if !GROUPS.contains(&group.as_str()) {
-                    bail!("--only {group:?}: no such group; the groups are {}", GROUPS.join(", "));
+                    bail!("--only {group:?}: unknown group; the groups are {}", GROUPS.join(", "));
                 }
                 options.only.push(group);
             }
