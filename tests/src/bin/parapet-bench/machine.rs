@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 
 use crate::report::Machine;
 
-pub fn describe(rounds: usize) -> Result<Machine> {
+pub fn describe(rounds: usize, quick: bool) -> Result<Machine> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
     let cpu = cpuinfo
         .lines()
@@ -33,5 +33,6 @@ pub fn describe(rounds: usize) -> Result<Machine> {
         cores: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         memory_gib: memory_kib / (1024.0 * 1024.0),
         rounds,
+        quick,
     })
 }

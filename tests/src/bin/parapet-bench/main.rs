@@ -118,7 +118,7 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => bail!("interrupted by SIGINT; the bench removed the pods, cgroups and mounts it made"),
         _ = terminate.recv() => bail!("stopped by SIGTERM; the bench removed the pods, cgroups and mounts it made"),
     };
-    let machine = machine::describe(options.rounds)?;
+    let machine = machine::describe(options.rounds, options.quick)?;
     report::write(&options.out, &machine, &rows)?;
     print!("{}", report::markdown(&machine, &rows));
     println!("\nwritten to {}", options.out.join("bench.md").display());

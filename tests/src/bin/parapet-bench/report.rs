@@ -91,6 +91,9 @@ pub struct Machine {
     pub cores: usize,
     pub memory_gib: f64,
     pub rounds: usize,
+    /// Whether this was a `--quick` run, whose groups use small counts and
+    /// one to three rounds whatever `rounds` says.
+    pub quick: bool,
 }
 
 fn figure(value: f64, unit: &str) -> String {
@@ -126,10 +129,15 @@ fn verdict(met: Option<bool>) -> &'static str {
 /// table.
 pub fn markdown(machine: &Machine, rows: &[Row]) -> String {
     let mut text = String::new();
+    let rounds = if machine.quick {
+        "a quick run with small counts and 1 to 3 rounds".to_owned()
+    } else {
+        format!("{} rounds", machine.rounds)
+    };
     let _ = writeln!(
         text,
-        "Measured {} on `{}`: {}, {} cores, {:.0} GiB, Linux {}; {} rounds, alternating with and without the agent.\n",
-        machine.date, machine.host, machine.cpu, machine.cores, machine.memory_gib, machine.kernel, machine.rounds
+        "Measured {} on `{}`: {}, {} cores, {:.0} GiB, Linux {}; {rounds}. The syscalls, denials and reaction groups alternate with and without the agent; agent cost measures the agent alone.\n",
+        machine.date, machine.host, machine.cpu, machine.cores, machine.memory_gib, machine.kernel
     );
     text.push_str("| Group | Measurement | Unit | Min | Median | Max | Target | Result | Context |\n");
     text.push_str("|---|---|---|---:|---:|---:|---|---|---|\n");
@@ -184,6 +192,7 @@ pub fn json(machine: &Machine, rows: &[Row]) -> Value {
         "cores": machine.cores,
         "memory_gib": machine.memory_gib,
         "rounds": machine.rounds,
+        "quick": machine.quick,
         "rows": rows,
     })
 }
