@@ -6,10 +6,7 @@
 //! plus system time in the window as a percentage of one core, memory is
 //! its `VmRSS` at the end of the window.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use parapet_tests::{
@@ -70,13 +67,7 @@ impl Sizes {
 
 pub async fn run(options: &Options) -> Result<Vec<Row>> {
     let sizes = Sizes::of(options);
-    let netprobe = sibling_binary("netprobe")?;
-    let containerd = Containerd::start(&netprobe).await?;
-    let measured = measure_all(&containerd, &sizes).await;
-    let cleaned = containerd.cleanup().await;
-    let rows = measured?;
-    cleaned?;
-    Ok(rows)
+    crate::with_containerd(GROUP, async |containerd| measure_all(containerd, &sizes).await).await
 }
 
 async fn measure_all(containerd: &Containerd, sizes: &Sizes) -> Result<Vec<Row>> {
@@ -266,14 +257,4 @@ fn write_policies(dir: &std::path::Path, policies: &[(String, String)]) -> Resul
         std::fs::write(dir.join(name), yaml)?;
     }
     Ok(())
-}
-
-/// Returns the path of a binary of this crate built next to this one.
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("failed to find this program's path")?;
-    let path = exe.with_file_name(name);
-    if !path.is_file() {
-        bail!("{} not found; build it with `cargo build --release --bins`", path.display());
-    }
-    Ok(path)
 }

@@ -9,7 +9,7 @@
 
 mod follower;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use parapet_tests::{
@@ -45,23 +45,8 @@ spec:
 }
 
 /// Returns the `netprobe` binary built next to this one.
-fn netprobe() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("failed to find the path of parapet-bench")?;
-    let path = exe.with_file_name("netprobe");
-    if !path.exists() {
-        bail!("{} not found; build the tests crate's binaries first", path.display());
-    }
-    Ok(path)
-}
-
 pub async fn run(options: &Options) -> Result<Vec<Row>> {
-    if let Some(reason) = parapet_tests::skip_reason() {
-        bail!("the denials group needs the test harness: {reason}");
-    }
-    let containerd = Containerd::start(netprobe()?).await?;
-    let rows = measure(&containerd, options).await;
-    containerd.cleanup().await?;
-    rows
+    crate::with_containerd(GROUP, async |containerd| measure(containerd, options).await).await
 }
 
 /// Flood settings for a full run and for `--quick`.

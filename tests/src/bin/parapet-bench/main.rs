@@ -14,6 +14,7 @@ mod syscalls;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use parapet_tests::Containerd;
 use report::Row;
 
 /// Options parsed from the command line.
@@ -41,6 +42,24 @@ async fn run_group(group: &str, options: &Options) -> Result<Vec<Row>> {
         "agent cost" => agent_cost::run(options).await,
         _ => bail!("unknown group {group:?}"),
     }
+}
+
+/// Starts a private containerd whose image contains `netprobe`, runs
+/// `measure` on it and removes it again, also when `measure` fails. An error
+/// of `measure` is returned before one of the clean-up.
+pub async fn with_containerd(
+    group: &str,
+    measure: impl AsyncFnOnce(&Containerd) -> Result<Vec<Row>>,
+) -> Result<Vec<Row>> {
+    if let Some(reason) = parapet_tests::skip_reason() {
+        bail!("the {group} group needs the test harness: {reason}");
+    }
+    let containerd = Containerd::start(netprobe_path()?).await?;
+    let measured = measure(&containerd).await;
+    let cleaned = containerd.cleanup().await;
+    let rows = measured?;
+    cleaned?;
+    Ok(rows)
 }
 
 /// Returns the path of `netprobe`, which is built next to this binary.

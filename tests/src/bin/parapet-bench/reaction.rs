@@ -72,12 +72,7 @@ fn start_policy(server: IpAddr) -> String {
 }
 
 pub async fn run(options: &Options) -> Result<Vec<Row>> {
-    let containerd = Containerd::start(crate::netprobe_path()?).await?;
-    let result = measure(options, &containerd).await;
-    let cleanup = containerd.cleanup().await;
-    let rows = result?;
-    cleanup?;
-    Ok(rows)
+    crate::with_containerd(GROUP, async |containerd| measure(options, containerd).await).await
 }
 
 /// Figures of one round, in ms.

@@ -92,7 +92,7 @@ pub struct Machine {
     pub memory_gib: f64,
     pub rounds: usize,
     /// Whether this was a `--quick` run, whose groups use small counts and
-    /// one to three rounds whatever `rounds` says.
+    /// one to three rounds whatever the value of `rounds`.
     pub quick: bool,
 }
 

@@ -87,12 +87,7 @@ enum Phase {
 type RoundFigures = HashMap<(&'static str, Workload, Phase), f64>;
 
 pub async fn run(options: &Options) -> Result<Vec<Row>> {
-    let containerd = Containerd::start(crate::netprobe_path()?).await?;
-    let result = measure(options, &containerd).await;
-    let cleanup = containerd.cleanup().await;
-    let rows = result?;
-    cleanup?;
-    Ok(rows)
+    crate::with_containerd(GROUP, async |containerd| measure(options, containerd).await).await
 }
 
 async fn measure(options: &Options, containerd: &Containerd) -> Result<Vec<Row>> {
