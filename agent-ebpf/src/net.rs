@@ -119,9 +119,9 @@ pub(crate) fn check(policed: &policed::Policed, peer: &Peer, kind: EventKind) ->
 
 /// Counts a decision and sends its event record. Every refusal is sent.
 /// An allowed call is sent only when its counter on this CPU reaches 1, 2,
-/// 4, 8 and so on, because a workload that connects thousands of times a
-/// second would otherwise pay a ring buffer record and a wake-up of the
-/// agent on every call. The counter still counts every allowed call.
+/// 4, 8 and so on. Otherwise a workload that connects thousands of times a
+/// second would pay a ring buffer record and a wake-up of the agent on
+/// every call. The counter still counts every allowed call.
 #[inline(always)]
 pub(crate) fn count_and_report(
     policed: &policed::Policed,

@@ -53,7 +53,7 @@ fn entry() -> Option<Policed> {
     // NOTE: an unpoliced task still pays one map lookup per level, about
     // five in a pod, on every connect and datagram: `cargo xtask bench`
     // puts a UDP send 12 to 16% above running without the agent. A cache
-    // of the answer per cgroup id, dropped whenever the agent changes this
+    // of the result per cgroup id, dropped whenever the agent changes this
     // map, would make it one lookup.
     let mut found: Option<Policed> = None;
     let mut level = 1;

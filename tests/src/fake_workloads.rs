@@ -5,7 +5,7 @@
 //! machine that cannot hold a thousand real pods can hold a thousand of
 //! these.
 //!
-//! The service answers only `ListPodSandbox` and `ListContainers`. Every
+//! The service implements only `ListPodSandbox` and `ListContainers`. Every
 //! other call, `ContainerStatus` included, returns `Unimplemented`, so
 //! these workloads suit network policies only. The sleeping processes run
 //! in the host's mount namespace, so a read-only or exec policy must never

@@ -13,9 +13,9 @@
 //! It prints one line, `attempts=N refused=N ok=N other=N seconds=S`:
 //! refused calls failed with EPERM (a cgroup socket hook or an LSM hook)
 //! or EROFS (a read-only mount), `ok` calls succeeded, `other` calls
-//! failed otherwise. A connect socket that was not refused is replaced by
-//! a new one, since it is connecting or connected; a file that was opened
-//! is closed, so that the same calls can run without any policy.
+//! failed otherwise. A connect socket that was not refused is connecting
+//! or connected, so it is replaced by a new one. A file that was opened is
+//! closed. The same calls can therefore run without any policy.
 
 use std::{
     ffi::CString,
