@@ -118,6 +118,9 @@ struct Record {
     /// Mount namespaces handled, by device and inode, with the hash of
     /// their mount ids.
     namespaces: Vec<(u64, u64, u64)>,
+    /// Whether the last attempt failed before it changed or listed the
+    /// mounts of some namespace, which therefore stay writable.
+    untouched: bool,
 }
 
 /// The outcome of one attempt, for the caller to log and report.
@@ -192,9 +195,19 @@ impl Tracker {
         namespaces: &[mountns::namespaces::Namespace],
     ) -> Attempt {
         let started = Instant::now();
+        // The first process's namespace is recorded too, so that a held
+        // program can be checked against it (see `covers`).
+        let first;
+        let namespaces = if namespaces.is_empty() {
+            first = mountns::namespaces::of_pid(pid);
+            first.as_slice()
+        } else {
+            namespaces
+        };
         let mut missing_writable: Vec<PathBuf> = Vec::new();
         let mut entries = KernelEntries::default();
         let mut failures = Vec::new();
+        let mut untouched = false;
         let pids: Vec<u32> = if namespaces.is_empty() {
             vec![pid]
         } else {
@@ -211,16 +224,18 @@ impl Tracker {
                     }
                     Err(error) => {
                         failures.push(error.to_string());
+                        untouched = true;
                         Vec::new()
                     }
                 },
                 Method::Lsm => match target.cgroup_id {
                     None => {
                         failures.push("the container's cgroup was not found yet".to_owned());
+                        untouched = true;
                         Vec::new()
                     }
                     Some(cgroup_id) => {
-                        let (found, missing) = prepare_lsm(pid, &target, cgroup_id, &mut failures);
+                        let (found, missing) = prepare_lsm(pid, &target, cgroup_id, &mut failures, &mut untouched);
                         merge_entries(&mut entries, found);
                         missing
                     }
@@ -248,6 +263,7 @@ impl Tracker {
                 attempted_at: Instant::now(),
                 entries: entries.clone(),
                 namespaces: namespaces.iter().map(|ns| (ns.dev, ns.ino, ns.mounts)).collect(),
+                untouched,
             },
         );
         let changed = previous.as_ref().is_none_or(|record| record.state != state);
@@ -289,6 +305,34 @@ impl Tracker {
     pub fn state(&self, container_id: &str) -> Option<&State> {
         self.records.get(container_id).map(|record| &record.state)
     }
+
+    /// Returns whether the last attempt on the container handled the mount
+    /// namespace `ns`. A held program in a namespace that no attempt has
+    /// handled waits for the next one. Mounts added to a handled namespace
+    /// are found by the periodic look (see the module's NOTE).
+    pub fn covers(&self, container_id: &str, ns: &mountns::namespaces::Namespace) -> bool {
+        self.records
+            .get(container_id)
+            .is_some_and(|record| record.namespaces.iter().any(|&(dev, ino, _)| dev == ns.dev && ino == ns.ino))
+    }
+
+    /// Returns whether the container's read-only set-up lets its new
+    /// programs run: the mounts are enforced, or the last attempt reached
+    /// every mount namespace and failed only on some mounts or paths.
+    ///
+    /// Such a failure leaves a mount writable only while a file on it is
+    /// open for writing (fallback backend), and a program of the container
+    /// may be the one to close it. A failed writable bind leaves its path
+    /// read-only. An attempt that reached no namespace (no cgroup yet, a
+    /// process gone, a failed helper) leaves every mount in it writable, so
+    /// the programs stay held until a retry succeeds.
+    pub fn lets_run(&self, container_id: &str) -> bool {
+        self.records.get(container_id).is_some_and(|record| match record.state {
+            State::Enforced => true,
+            State::NotEnforced { .. } => !record.untouched,
+            State::Released => false,
+        })
+    }
 }
 
 /// Returns whether `applied` made some path writable that `wanted` no
@@ -299,7 +343,8 @@ fn narrower(wanted: &[PathBuf], applied: &[PathBuf]) -> bool {
 
 /// Binds the writable paths of `target` in the mount namespace of `pid`
 /// and returns the LSM map entries of its mounts, with the declared
-/// writable paths that do not exist. Failures are appended to `failures`.
+/// writable paths that do not exist. Failures are appended to `failures`,
+/// and `untouched` is set when no entry could be made.
 ///
 /// The enforced writable paths are bound first and the audited ones, which
 /// lie inside them, second. Each bind checks that its path still resolves
@@ -311,6 +356,7 @@ fn prepare_lsm(
     target: &Target,
     cgroup_id: u64,
     failures: &mut Vec<String>,
+    untouched: &mut bool,
 ) -> (KernelEntries, Vec<PathBuf>) {
     let mut missing = Vec::new();
     if let Some(enforced) = &target.enforced_writable
@@ -325,6 +371,7 @@ fn prepare_lsm(
             }
             Err(error) => {
                 failures.push(error.to_string());
+                *untouched = true;
                 return (KernelEntries::default(), missing);
             }
         }
@@ -348,6 +395,7 @@ fn prepare_lsm(
         }
         Err(error) => {
             failures.push(error.to_string());
+            *untouched = true;
             (KernelEntries::default(), missing)
         }
     }
@@ -480,6 +528,90 @@ fn describe_failures(failed: &[(PathBuf, i32)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(cgroup_id: Option<u64>) -> Target {
+        Target {
+            container_id: "c1".to_owned(),
+            identity: Identity {
+                namespace: "clinic".to_owned(),
+                pod: "records".to_owned(),
+                pod_uid: "uid-1".to_owned(),
+                container: Some("main".to_owned()),
+                container_id: Some("c1".to_owned()),
+            },
+            enforced_writable: Some(Vec::new()),
+            audited_writable: Vec::new(),
+            policies: vec!["read-only".to_owned()],
+            slot: 1,
+            audit_slot: 0,
+            cgroup_id,
+        }
+    }
+
+    #[test]
+    fn unreached_namespace_keeps_programs_held() {
+        // No pid is ever u32::MAX - 1 (the kernel's limit is 2^22), so the
+        // attempt fails before it reads any mount table.
+        let gone = u32::MAX - 1;
+        for (method, cgroup_id) in [(Method::Lsm, None), (Method::Lsm, Some(7)), (Method::Mounts, Some(7))] {
+            let mut tracker = Tracker::default();
+            let attempt = tracker.attempt(target(cgroup_id), gone, method, &[]);
+            assert!(
+                matches!(attempt.state, State::NotEnforced { .. }),
+                "{method:?}, cgroup {cgroup_id:?}: {:?}",
+                attempt.state
+            );
+            assert!(!tracker.lets_run("c1"), "{method:?}, cgroup {cgroup_id:?}");
+        }
+        assert!(!Tracker::default().lets_run("c1"), "no attempt yet");
+    }
+
+    #[test]
+    fn failed_mount_lets_programs_run() {
+        let mut tracker = Tracker::default();
+        tracker.records.insert(
+            "c1".to_owned(),
+            Record {
+                enforced_writable: Some(Vec::new()),
+                audited_writable: Vec::new(),
+                state: State::NotEnforced {
+                    reason: describe_failures(&[(PathBuf::from("/"), libc::EBUSY)]),
+                },
+                attempted_at: Instant::now(),
+                entries: KernelEntries::default(),
+                namespaces: Vec::new(),
+                untouched: false,
+            },
+        );
+        assert!(tracker.lets_run("c1"));
+    }
+
+    #[test]
+    fn covers_handled_namespaces_only() {
+        let mut tracker = Tracker::default();
+        tracker.records.insert(
+            "c1".to_owned(),
+            Record {
+                enforced_writable: Some(Vec::new()),
+                audited_writable: Vec::new(),
+                state: State::Enforced,
+                attempted_at: Instant::now(),
+                entries: KernelEntries::default(),
+                namespaces: vec![(4, 4026532100, 11)],
+                untouched: false,
+            },
+        );
+        let namespace = |ino, mounts| mountns::namespaces::Namespace {
+            dev: 4,
+            ino,
+            pid: 1000,
+            mounts,
+        };
+        assert!(tracker.covers("c1", &namespace(4026532100, 11)));
+        assert!(tracker.covers("c1", &namespace(4026532100, 12)), "mounts added later are the periodic look's");
+        assert!(!tracker.covers("c1", &namespace(4026532200, 11)));
+        assert!(!tracker.covers("c2", &namespace(4026532100, 11)));
+    }
 
     #[test]
     fn narrower_writable_set_needs_a_new_attempt() {

@@ -128,7 +128,10 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
             _ => (&["1"], &mut connects_through),
         };
         if outcome(&label, &output, refusals)? == Outcome::GotThrough {
-            println!("{label}: first {kind} got through");
+            println!("{label}: first {kind} got through; the agent log on container {container_id}:");
+            for line in agent.log().lines().filter(|line| line.contains(container_id.as_str())) {
+                println!("  {line}");
+            }
             *through += 1;
         }
     }
@@ -147,6 +150,10 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
         _ => println!("held before the first instruction: no program was held"),
     }
 
+    // A held program can only end once let run or killed, so one that
+    // the agent found gone ran without being held.
+    let gone = agent.log().lines().filter(|line| line.contains("held process gone")).count();
+    println!("held programs that ended before the agent decided on them: {gone}");
     let status = agent.status().await?;
     println!("held programs still waiting: {}", status.held.len());
     assert_eq!(writes_through, 0, "first writes that got through");

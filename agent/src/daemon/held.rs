@@ -39,20 +39,16 @@ impl LoopState {
         self.enforcer.name_adopted(cgroups);
         self.unlisted
             .carry_over(self.enforcer.applied(), &mut desired, scan, pods, containers);
-        // A container whose mounts could not be made read-only (a file
-        // open for writing) is let run and reported as not enforced while
-        // the agent retries. Holding it would also hold the `exec` that
-        // could close that file.
+        // A container with a mount that could not be made read-only (a file
+        // open for writing) runs and is reported as not enforced while the
+        // agent retries. Holding it would also hold the `exec` that could
+        // close that file. A container whose mount namespace the attempt
+        // never reached stays held (see `Tracker::lets_run`).
         crate::hold::mark_pending(
             &mut desired,
             self.enforcer.policies(),
             self.read_only_method,
-            |id| {
-                matches!(
-                    self.read_only.state(id),
-                    Some(crate::readonly::State::Enforced | crate::readonly::State::NotEnforced { .. })
-                )
-            },
+            |id| self.read_only.lets_run(id),
             |id| self.exec_rules.is_resolved(id),
         );
         desired
@@ -105,7 +101,8 @@ impl LoopState {
     }
 
     /// Decides on the held process `pid` in the container cgroup `cgroup`:
-    /// it waits while the entry that governs it still holds, and is then
+    /// it waits while the entry that governs it still holds, or while no
+    /// read-only attempt has handled its mount namespace, and is then
     /// judged against the exec lists of its container.
     fn decide_held(&self, pid: u32, cgroup: &ContainerCgroup) -> Decision {
         let applied = self.enforcer.applied();
@@ -122,6 +119,14 @@ impl LoopState {
                 "the container's read-only mounts and exec lists"
             };
             return Decision::Wait(waiting_for.to_owned());
+        }
+        // An attempt made before the program's exec may have handled a mount
+        // namespace other than the one the program runs in.
+        if self.read_only.lets_run(&cgroup.container_id)
+            && let Some(namespace) = crate::mountns::namespaces::of_pid(pid)
+            && !self.read_only.covers(&cgroup.container_id, &namespace)
+        {
+            return Decision::Wait("its mount namespace to be made read-only".to_owned());
         }
         let slots = &entry.policies.slots[..entry.policies.count as usize];
         let policies: Vec<&SlottedPolicy> = self

@@ -24,8 +24,7 @@ pub struct Namespace {
 /// `cgroup` and below, leaving out this process's and the host's, which
 /// are never changed.
 pub fn of_cgroup(cgroup: &Path) -> Vec<Namespace> {
-    let identity = |path: &str| fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()));
-    let excluded = [identity("/proc/self/ns/mnt"), identity("/proc/1/ns/mnt")];
+    let excluded = excluded();
     let mut namespaces: Vec<Namespace> = Vec::new();
     for pid in crate::cgroups::pids(cgroup) {
         // The process may have exited since the cgroup was read.
@@ -39,6 +38,32 @@ pub fn of_cgroup(cgroup: &Path) -> Vec<Namespace> {
         namespaces.push(Namespace { dev, ino, pid, mounts });
     }
     namespaces
+}
+
+/// Returns the mount namespace of process `pid`, or `None` when the
+/// process is gone or uses this process's or the host's namespace.
+pub fn of_pid(pid: u32) -> Option<Namespace> {
+    let (dev, ino) = identity(&format!("/proc/{pid}/ns/mnt"))?;
+    if excluded().contains(&Some((dev, ino))) {
+        return None;
+    }
+    Some(Namespace {
+        dev,
+        ino,
+        pid,
+        mounts: mount_ids_hash(pid),
+    })
+}
+
+/// Returns the device and inode of the namespace link at `path`.
+fn identity(path: &str) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Returns the namespaces that are never changed: this process's and the
+/// host's.
+fn excluded() -> [Option<(u64, u64)>; 2] {
+    [identity("/proc/self/ns/mnt"), identity("/proc/1/ns/mnt")]
 }
 
 /// Hashes the mount ids (the first field of each line) of the mountinfo
