@@ -7,6 +7,10 @@
 //! that return, so none of the new program's code runs. The signal counts
 //! as sent by the kernel, so it stops a pid namespace's init process too,
 //! which ignores a `SIGSTOP` sent from inside its namespace.
+//!
+//! NOTE: a `SIGCONT` from any other sender (root on the node, or a process
+//! of another container in a shared pid namespace) lets the program run
+//! before its container is set up, and nothing here stops it again.
 
 use aya_ebpf::{
     bindings::bpf_pidns_info,

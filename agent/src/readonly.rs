@@ -566,41 +566,33 @@ mod tests {
         assert!(!Tracker::default().lets_run("c1"), "no attempt yet");
     }
 
+    /// Returns a tracker with one record, for container `c1`, from an
+    /// attempt that reached every namespace it lists.
+    fn tracker_with(state: State, namespaces: Vec<(u64, u64, u64)>) -> Tracker {
+        let record = Record {
+            enforced_writable: Some(Vec::new()),
+            audited_writable: Vec::new(),
+            state,
+            attempted_at: Instant::now(),
+            entries: KernelEntries::default(),
+            namespaces,
+            untouched: false,
+        };
+        Tracker {
+            records: HashMap::from([("c1".to_owned(), record)]),
+        }
+    }
+
     #[test]
     fn failed_mount_lets_programs_run() {
-        let mut tracker = Tracker::default();
-        tracker.records.insert(
-            "c1".to_owned(),
-            Record {
-                enforced_writable: Some(Vec::new()),
-                audited_writable: Vec::new(),
-                state: State::NotEnforced {
-                    reason: describe_failures(&[(PathBuf::from("/"), libc::EBUSY)]),
-                },
-                attempted_at: Instant::now(),
-                entries: KernelEntries::default(),
-                namespaces: Vec::new(),
-                untouched: false,
-            },
-        );
+        let reason = describe_failures(&[(PathBuf::from("/"), libc::EBUSY)]);
+        let tracker = tracker_with(State::NotEnforced { reason }, Vec::new());
         assert!(tracker.lets_run("c1"));
     }
 
     #[test]
     fn covers_handled_namespaces_only() {
-        let mut tracker = Tracker::default();
-        tracker.records.insert(
-            "c1".to_owned(),
-            Record {
-                enforced_writable: Some(Vec::new()),
-                audited_writable: Vec::new(),
-                state: State::Enforced,
-                attempted_at: Instant::now(),
-                entries: KernelEntries::default(),
-                namespaces: vec![(4, 4026532100, 11)],
-                untouched: false,
-            },
-        );
+        let tracker = tracker_with(State::Enforced, vec![(4, 4026532100, 11)]);
         let namespace = |ino, mounts| mountns::namespaces::Namespace {
             dev: 4,
             ino,
