@@ -5,7 +5,8 @@
 //! under a read-only policy the agent binds every declared writable path
 //! that is not a mount yet onto itself, then writes the ids of the mounts
 //! that must stay unchanged into `READ_ONLY_MOUNTS` (mount ids are unique
-//! on the whole system). A hook finds the mount an operation goes through
+//! on the whole system while mounted, and reused after an unmount, so each
+//! entry names its container's cgroup). A hook finds the mount an operation goes through
 //! (`struct path` → `vfsmount` → the `struct mount` around it) and looks
 //! its id up. Long or deep paths, symlinks, `..`, renames and bind mounts
 //! all end on some mount, so none of them changes the verdict, and a

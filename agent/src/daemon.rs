@@ -799,9 +799,19 @@ impl LoopState {
             return;
         }
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
-        for (mount_id, _) in &remove.mounts {
+        for (mount_id, removed) in &remove.mounts {
             if write.mounts.iter().any(|(id, _)| id == mount_id) {
                 continue;
+            }
+            // The kernel reuses the id of an unmounted mount, so a container
+            // that started after this one went may own the entry by now.
+            match kernel.read_only_mounts.get(mount_id, 0) {
+                Ok(current) if current.cgroup_id == removed.cgroup_id => {}
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(error) => {
+                    warn!(mount_id, error = %error, "failed to read a read-only mount entry; it stays");
+                    continue;
+                }
             }
             if let Err(error) = kernel.read_only_mounts.remove(mount_id) {
                 warn!(mount_id, error = %error, "failed to remove a read-only mount entry");
