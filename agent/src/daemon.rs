@@ -804,7 +804,7 @@ impl LoopState {
                 continue;
             }
             // The kernel reuses the id of an unmounted mount, so a container
-            // that started after this one went may own the entry by now.
+            // that started after this one exited may own the entry by now.
             match kernel.read_only_mounts.get(mount_id, 0) {
                 Ok(current) if current.cgroup_id == removed.cgroup_id => {}
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => continue,
