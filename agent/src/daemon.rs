@@ -809,7 +809,7 @@ impl LoopState {
                 Ok(current) if current.cgroup_id == removed.cgroup_id => {}
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(error) => {
-                    warn!(mount_id, error = %error, "failed to read a read-only mount entry; it stays");
+                    warn!(mount_id, error = %error, "failed to read a read-only mount entry, so it is left in place");
                     continue;
                 }
             }

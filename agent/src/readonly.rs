@@ -552,10 +552,10 @@ mod tests {
     fn unreached_namespace_keeps_programs_held() {
         // No pid is ever u32::MAX - 1 (the kernel's limit is 2^22), so the
         // attempt fails before it reads any mount table.
-        let gone = u32::MAX - 1;
+        let missing_pid = u32::MAX - 1;
         for (method, cgroup_id) in [(Method::Lsm, None), (Method::Lsm, Some(7)), (Method::Mounts, Some(7))] {
             let mut tracker = Tracker::default();
-            let attempt = tracker.attempt(target(cgroup_id), gone, method, &[]);
+            let attempt = tracker.attempt(target(cgroup_id), missing_pid, method, &[]);
             assert!(
                 matches!(attempt.state, State::NotEnforced { .. }),
                 "{method:?}, cgroup {cgroup_id:?}: {:?}",

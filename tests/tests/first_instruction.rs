@@ -152,8 +152,8 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
 
     // A held program can only end once let run or killed, so one that
     // the agent found gone ran without being held.
-    let gone = agent.log().lines().filter(|line| line.contains("held process gone")).count();
-    println!("held programs that ended before the agent decided on them: {gone}");
+    let ended_early = agent.log().lines().filter(|line| line.contains("held process gone")).count();
+    println!("held programs that ended before the agent decided on them: {ended_early}");
     let status = agent.status().await?;
     println!("held programs still waiting: {}", status.held.len());
     assert_eq!(writes_through, 0, "first writes that got through");
