@@ -36,7 +36,13 @@ use crate::test::workspace_root;
 /// NOTE: a test that starts the agent took 25 to 150 s in the guest (the
 /// exec and read-only tests on 6.12, measured on 2 busy cores), so about a
 /// dozen such tests fill the watchdog below.
-const GUEST_TESTS: [&str; 5] = ["backends", "first_instruction", "harness_smoke", "lsm_backend", "restart"];
+const GUEST_TESTS: [&str; 5] = [
+    "backends",
+    "first_instruction",
+    "harness_smoke",
+    "lsm_backend",
+    "restart",
+];
 
 /// Time the harness of the test crate waits for the agent's log lines and
 /// events in the guest (`PARAPET_TEST_WAIT_SECONDS`). Starting the agent
@@ -189,6 +195,12 @@ fn print_results(
         }
         if !report.finished {
             println!("  ERROR: the guest did not reach the end of /init");
+        }
+        if !report.crash.is_empty() {
+            println!("  the guest kernel crashed; its first crash lines:");
+            for line in &report.crash {
+                println!("    {line}");
+            }
         }
         for test in &report.tests {
             let seconds = test

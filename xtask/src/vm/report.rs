@@ -38,7 +38,17 @@ pub struct KernelReport {
     pub tests_started: Option<f64>,
     /// Guest uptime in seconds when the last test ended.
     pub tests_ended: Option<f64>,
+    /// The kernel's oops and panic lines, which show why a guest stopped
+    /// early.
+    pub crash: Vec<String>,
 }
+
+/// Parts of the first line a Linux kernel prints when it oopses or panics.
+const CRASH_STARTS: [&str; 4] = ["Oops:", "BUG:", "Kernel panic", "general protection fault"];
+/// Parts of the lines after it that name the process and the code address.
+const CRASH_DETAILS: [&str; 2] = ["RIP: 0010:", " Comm: "];
+/// Maximum number of crash lines a report keeps.
+const CRASH_LINES_KEPT: usize = 12;
 
 impl KernelReport {
     pub fn parse(console: &str) -> Self {
@@ -51,6 +61,12 @@ impl KernelReport {
             else {
                 if let Some(test) = current.as_mut() {
                     test.read_output(line);
+                }
+                let starts = CRASH_STARTS.iter().any(|part| line.contains(part));
+                let details = !report.crash.is_empty()
+                    && CRASH_DETAILS.iter().any(|part| line.contains(part));
+                if (starts || details) && report.crash.len() < CRASH_LINES_KEPT {
+                    report.crash.push(line.trim().to_string());
                 }
                 continue;
             };
@@ -99,14 +115,14 @@ impl KernelReport {
             .count()
     }
 
-    /// Returns whether the run counts as a success: `bpf` active, no fatal
-    /// error, the end of `/init` reached, and no test failed.
     /// Returns whether the guest ran to the end with `bpf` active and no
     /// error outside the tests.
     pub fn completed(&self) -> bool {
         self.bpf_active() && self.finished && self.errors.is_empty()
     }
 
+    /// Returns whether the run counts as a success: completed, and no test
+    /// failed.
     #[cfg(test)]
     fn succeeded(&self) -> bool {
         self.completed() && self.count(|outcome| matches!(outcome, Outcome::Failed(_))) == 0
@@ -253,11 +269,20 @@ test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out
         let console = "\
 @@parapet-vm@@ start 6.00 backends hangs
 some output
+[  391.250000] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[  391.250100] CPU: 1 UID: 0 PID: 812 Comm: containerd Not tainted 6.12.118+deb12-cloud-amd64 #1
+[  391.250200] RIP: 0010:syscall_exit_to_user_mode_prepare+0x1/0x90
+[  391.260000] Kernel panic - not syncing: Fatal exception in interrupt
 ";
         let report = KernelReport::parse(console);
         assert!(
             matches!(&report.tests[0].outcome, Outcome::Failed(reason) if reason.contains("did not finish"))
         );
+        assert_eq!(report.crash.len(), 4, "{:?}", report.crash);
+        assert!(report.crash[0].contains("Oops: int3"));
+        assert!(report.crash[3].contains("Kernel panic"));
+        let warning = "[  3.000000] CPU: 0 PID: 1 Comm: init\n[  3.000100] RIP: 0010:f+0x1/0x2\n";
+        assert!(KernelReport::parse(warning).crash.is_empty());
     }
 
     #[test]
@@ -265,6 +290,9 @@ some output
         let mut running = Running::new("lsm_backend", "some_test", None);
         running.read_output("test some_test ... SKIPPED: some_test: no io_uring");
         let result = running.finish("0", None);
-        assert_eq!(result.outcome, Outcome::Skipped("some_test: no io_uring".to_string()));
+        assert_eq!(
+            result.outcome,
+            Outcome::Skipped("some_test: no io_uring".to_string())
+        );
     }
 }
