@@ -37,7 +37,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     let root = workspace_root();
     let out = root.join("target/bench");
     let mut command = Command::new(root.join("target/release/parapet-bench"));
-    command.current_dir(&root).env("PARAPET_BIN", &agent).arg("--out").arg(&out);
+    command
+        .current_dir(&root)
+        .env("PARAPET_BIN", &agent)
+        .arg("--out")
+        .arg(&out);
     if let Some(rounds) = options.rounds {
         command.args(["--rounds", &rounds.to_string()]);
     }
@@ -59,12 +63,15 @@ fn publish(root: &Path, out: &Path) -> anyhow::Result<()> {
     let docs = root.join("docs");
     for name in ["bench.md", "bench.json"] {
         let from = out.join(name);
-        fs::copy(&from, docs.join(name)).with_context(|| format!("failed to copy {} to {}", from.display(), docs.display()))?;
+        fs::copy(&from, docs.join(name))
+            .with_context(|| format!("failed to copy {} to {}", from.display(), docs.display()))?;
     }
-    let table = fs::read_to_string(out.join("bench.md")).context("failed to read the bench table")?;
+    let table =
+        fs::read_to_string(out.join("bench.md")).context("failed to read the bench table")?;
     let readme_path = root.join("README.md");
     let readme = fs::read_to_string(&readme_path).context("failed to read README.md")?;
-    fs::write(&readme_path, replace_block(&readme, &table)?).context("failed to write README.md")?;
+    fs::write(&readme_path, replace_block(&readme, &table)?)
+        .context("failed to write README.md")?;
     println!("published to docs/bench.md, docs/bench.json and README.md");
     Ok(())
 }
@@ -90,7 +97,10 @@ mod tests {
     fn block_between_markers_is_replaced() {
         let readme = "intro\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nrest\n";
         let replaced = replace_block(readme, "| new |\n").expect("markers present");
-        assert_eq!(replaced, "intro\n<!-- bench:start -->\n| new |\n<!-- bench:end -->\nrest\n");
+        assert_eq!(
+            replaced,
+            "intro\n<!-- bench:start -->\n| new |\n<!-- bench:end -->\nrest\n"
+        );
     }
 
     #[test]

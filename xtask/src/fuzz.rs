@@ -83,7 +83,12 @@ pub fn run_targets(seconds: u64, targets: &[String]) -> anyhow::Result<Vec<Outco
 
 /// Runs one target for `seconds`. Returns whether it ran without a
 /// failure.
-fn run_target(fuzz_dir: &Path, target: &str, seconds: u64, sanitizer: &str) -> anyhow::Result<bool> {
+fn run_target(
+    fuzz_dir: &Path,
+    target: &str,
+    seconds: u64,
+    sanitizer: &str,
+) -> anyhow::Result<bool> {
     let work_corpus = fuzz_dir.join("target/corpus").join(target);
     std::fs::create_dir_all(&work_corpus)
         .with_context(|| format!("failed to create {}", work_corpus.display()))?;

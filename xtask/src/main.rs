@@ -90,9 +90,19 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             vm::run(&kernels, &filters)
         }
-        Command::Bench { rounds, quick, only, publish } => {
+        Command::Bench {
+            rounds,
+            quick,
+            only,
+            publish,
+        } => {
             setup::run()?;
-            bench::run(&bench::BenchOptions { rounds, quick, only, publish })
+            bench::run(&bench::BenchOptions {
+                rounds,
+                quick,
+                only,
+                publish,
+            })
         }
         Command::Demo => {
             setup::run()?;

@@ -66,7 +66,9 @@ fn command_output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 fn sysroot() -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(command_output("rustc", &["--print", "sysroot"])?.trim()))
+    Ok(PathBuf::from(
+        command_output("rustc", &["--print", "sysroot"])?.trim(),
+    ))
 }
 
 /// The toolchain's standard library source, for `-Z build-std=core`.
@@ -87,7 +89,9 @@ fn debian_packages() -> anyhow::Result<()> {
             let installed = Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", package])
                 .output()
-                .map(|output| String::from_utf8_lossy(&output.stdout).contains("install ok installed"))
+                .map(|output| {
+                    String::from_utf8_lossy(&output.stdout).contains("install ok installed")
+                })
                 .unwrap_or(false);
             !installed
         })
@@ -123,11 +127,17 @@ fn bpf_linker() -> anyhow::Result<()> {
         .next()
         .context("rustc -vV printed an LLVM version without a major number")?;
     let prefix = llvm_prefix(&sysroot()?.join("lib"))?;
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the toolchain's LLVM {llvm_version}");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the toolchain's LLVM {llvm_version}"
+    );
     let mut install = Command::new("cargo");
     install
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .env("LLVM_PREFIX", &prefix);
     for minor in 0..=9 {
         install.env(format!("LLVM_SYS_{major}{minor}_PREFIX"), &prefix);
@@ -173,7 +183,10 @@ fn llvm_prefix(toolchain_lib: &Path) -> anyhow::Result<PathBuf> {
         .flatten()
         .map(|entry| entry.path())
         .find(|path| {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             // The `libLLVM-NN-rust-*.so` name is a linker script; the
             // `libLLVM.so.NN*` one is the shared library itself.
             name.starts_with("libLLVM.so.")
@@ -186,11 +199,14 @@ fn llvm_prefix(toolchain_lib: &Path) -> anyhow::Result<PathBuf> {
     let prefix = home.join("parapet-llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("failed to create {}", lib.display()))?;
-    let soname = library.file_name().context("libLLVM path without a file name")?;
+    let soname = library
+        .file_name()
+        .context("libLLVM path without a file name")?;
     for link in [lib.join("libLLVM.so"), lib.join(soname)] {
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&library, &link)
-            .with_context(|| format!("failed to link {} to {}", link.display(), library.display()))?;
+        std::os::unix::fs::symlink(&library, &link).with_context(|| {
+            format!("failed to link {} to {}", link.display(), library.display())
+        })?;
     }
     Ok(prefix)
 }
