@@ -145,6 +145,7 @@ pub fn run_and_count(selected: &[String], filters: &[String]) -> anyhow::Result<
             &log,
             kernel.series,
             WATCHDOG + HOST_GRACE,
+            kernel.one_host_thread,
         )?;
         let mut report = KernelReport::parse(&boot.console);
         if boot.killed {
