@@ -14,6 +14,7 @@ pub mod net;
 /// Names of the kernel maps, as the agent looks them up after loading.
 pub mod map_names {
     pub const CGROUP_POLICIES: &str = "CGROUP_POLICIES";
+    pub const POLICY_EPOCH: &str = "POLICY_EPOCH";
     pub const NET_POLICIES: &str = "NET_POLICIES";
     pub const DECISION_COUNTERS: &str = "DECISION_COUNTERS";
     pub const EVENTS: &str = "EVENTS";
@@ -101,6 +102,10 @@ pub const MAX_COUNTER_KEYS: u32 = 65536;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the
 /// page size).
 pub const EVENT_RING_BYTES: u32 = 1 << 22;
+
+/// Cgroups the kernel remembers as covered by no policy, so that it skips
+/// the walk over their ancestors.
+pub const MAX_UNPOLICED_CGROUPS: u32 = 16384;
 
 /// Deepest cgroup level the kernel walks when it looks for a policed
 /// ancestor. Kubernetes puts containers at level 4 or 5.

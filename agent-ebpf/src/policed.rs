@@ -3,15 +3,28 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::map,
-    maps::HashMap,
+    maps::{Array, HashMap, LruHashMap},
 };
-use parapet_common::{CgroupPolicies, MAX_CGROUP_DEPTH, MAX_POLICED_CGROUPS, MAX_POLICIES_PER_CGROUP};
+use parapet_common::{
+    CgroupPolicies, MAX_CGROUP_DEPTH, MAX_POLICED_CGROUPS, MAX_POLICIES_PER_CGROUP, MAX_UNPOLICED_CGROUPS,
+};
 
 /// Policies per cgroup id, written by the agent for container and pod
 /// cgroups.
 #[map]
 static CGROUP_POLICIES: HashMap<u64, CgroupPolicies> =
     HashMap::with_max_entries(MAX_POLICED_CGROUPS, 0);
+
+/// A counter at index 0 that the agent increments after each batch of
+/// changes to `CGROUP_POLICIES`.
+#[map]
+static POLICY_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Cgroups that no entry of `CGROUP_POLICIES` covered, each with the value
+/// of `POLICY_EPOCH` read before that was found. An entry whose epoch is
+/// still current spares an unpoliced task the walk over its ancestors.
+#[map]
+static UNPOLICED_CGROUPS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_UNPOLICED_CGROUPS, 0);
 
 /// The policy entry that governs the current task.
 pub struct Policed {
@@ -45,16 +58,19 @@ fn entry() -> Option<Policed> {
             policies,
         });
     }
+    // The epoch is read before the walk. If the agent changes the map
+    // during the walk, it increments the epoch afterwards, so a result
+    // cached here under the older epoch is never used.
+    let epoch = POLICY_EPOCH.get(0).copied().unwrap_or(0);
+    // SAFETY: values of this map are plain numbers, replaced whole.
+    if unsafe { UNPOLICED_CGROUPS.get(&cgroup_id) } == Some(&epoch) {
+        return None;
+    }
     // Level 0 is the root cgroup, which the agent never puts under policy.
     // The walk goes down from level 1, keeps the deepest match and stops
     // at the task's own level. Most tasks sit a few levels deep, so a walk
     // up from the deepest possible level would make a helper call for each
     // empty level on every unpoliced task's hook.
-    // NOTE: an unpoliced task still pays one map lookup per level, about
-    // five in a pod, on every connect and datagram: `cargo xtask bench`
-    // puts a UDP send 12 to 16% above running without the agent. A cache
-    // of the result per cgroup id, dropped whenever the agent changes this
-    // map, would make it one lookup.
     let mut found: Option<Policed> = None;
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH as i32 {
@@ -71,6 +87,9 @@ fn entry() -> Option<Policed> {
             });
         }
         level += 1;
+    }
+    if found.is_none() {
+        let _ = UNPOLICED_CGROUPS.insert(&cgroup_id, &epoch, 0);
     }
     found
 }

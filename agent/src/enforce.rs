@@ -62,6 +62,10 @@ pub struct Enforcer {
     applied: HashMap<u64, Entry>,
     /// Slots of a replaced policy set still waiting to be released.
     deferred: Vec<u32>,
+    /// Whether `CGROUP_POLICIES` changed since `POLICY_EPOCH` was last
+    /// incremented. It starts true, because an agent that stopped between
+    /// the two writes may have left the kernel's cache of unpoliced cgroups stale.
+    epoch_stale: bool,
 }
 
 impl Default for Enforcer {
@@ -77,6 +81,7 @@ impl Enforcer {
             policies: Vec::new(),
             applied: HashMap::new(),
             deferred: Vec::new(),
+            epoch_stale: true,
         }
     }
 
@@ -242,6 +247,7 @@ impl Enforcer {
             }
             match kernel.cgroup_policies.insert(cgroup_id, entry.policies, 0) {
                 Ok(()) => {
+                    self.epoch_stale = true;
                     info!(
                         cgroup_id,
                         namespace = %entry.identity.namespace,
@@ -291,8 +297,27 @@ impl Enforcer {
                 }
             }
         }
+        if self.epoch_stale {
+            match next_epoch(kernel) {
+                Ok(()) => self.epoch_stale = false,
+                Err(error) => {
+                    failures += 1;
+                    error!(
+                        error = %error,
+                        "failed to increment the policy epoch; cgroups the kernel remembers as unpoliced stay so until a retry succeeds"
+                    );
+                }
+            }
+        }
         failures
     }
+}
+
+/// Increments `POLICY_EPOCH`, which makes the kernel forget every cgroup it
+/// remembered as covered by no policy.
+fn next_epoch(kernel: &mut Kernel) -> Result<(), aya::maps::MapError> {
+    let epoch = kernel.policy_epoch.get(&0, 0)?;
+    kernel.policy_epoch.set(0, epoch.wrapping_add(1), 0)
 }
 
 /// Computes the kernel entries for the workloads on the node.

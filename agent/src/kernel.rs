@@ -77,6 +77,8 @@ pub struct Kernel {
     /// Policy names by slot, kept for a restarted agent.
     pub policy_names: HashMap<MapData, u32, PolicyName>,
     pub cgroup_policies: HashMap<MapData, u64, CgroupPolicies>,
+    /// Incremented after each change to `cgroup_policies`.
+    pub policy_epoch: Array<MapData, u64>,
     pub net_policies: Array<MapData, NetPolicy>,
     pub decision_counters: PerCpuHashMap<MapData, CounterKey, u64>,
     pub losses: PerCpuArray<MapData, u64>,
@@ -190,6 +192,7 @@ impl Kernel {
             active_generation: take_map(&mut ebpf, map_names::ACTIVE_GENERATION)?,
             policy_names: take_map(&mut ebpf, map_names::POLICY_NAMES)?,
             cgroup_policies: take_map(&mut ebpf, map_names::CGROUP_POLICIES)?,
+            policy_epoch: take_map(&mut ebpf, map_names::POLICY_EPOCH)?,
             net_policies: take_map(&mut ebpf, map_names::NET_POLICIES)?,
             decision_counters: take_map(&mut ebpf, map_names::DECISION_COUNTERS)?,
             losses: take_map(&mut ebpf, map_names::LOSSES)?,

@@ -284,6 +284,69 @@ async fn late_pods_policed_removed_pods_cleared() -> Result<()> {
     Ok(())
 }
 
+/// The kernel remembers cgroups that no policy covers. A process in a
+/// cgroup nested in a container's, whose datagrams went out before a
+/// policy selected the container, is policed as soon as one does: the
+/// container's entry covers it only through the ancestor walk that the
+/// cached result skips.
+#[tokio::test]
+async fn policy_covers_a_nested_cgroup_already_sending() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let scene = scene().await?;
+    let mut agent = Agent::start(&scene.containerd, &[])?;
+    agent.wait_ready()?;
+    let nested = NestedCgroup::create(&scene.client.cgroup_path.join("worker"))?;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let port = receiver.local_addr()?.port().to_string();
+    for _ in 0..3 {
+        assert_eq!(nested.probe(&["send", "udp", "127.0.0.1", &port])?, "ok");
+    }
+
+    agent.write_policy("client.yaml", &client_policy("enforce", scene.server.ip))?;
+    agent.wait_enforced(&scene.client.container_id)?;
+    let udp = nested.probe(&["send", "udp", "127.0.0.1", &port])?;
+    assert!(is_eperm(&udp), "UDP send from the nested cgroup after the policy arrived: {udp}");
+
+    drop(nested);
+    agent.stop()?;
+    scene.containerd.cleanup().await?;
+    Ok(())
+}
+
+/// A cgroup the test makes under a container's, removed on drop.
+struct NestedCgroup {
+    path: std::path::PathBuf,
+}
+
+impl NestedCgroup {
+    fn create(path: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir(path)?;
+        Ok(Self { path: path.to_owned() })
+    }
+
+    /// Runs `netprobe` with `args` on the host, inside this cgroup, and
+    /// returns its output, trimmed.
+    fn probe(&self, args: &[&str]) -> Result<String> {
+        let procs = self.path.join("cgroup.procs");
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(&procs)
+            .arg(env!("CARGO_BIN_EXE_netprobe"))
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for NestedCgroup {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir(&self.path) {
+            eprintln!("failed to remove the nested cgroup {}: {error}", self.path.display());
+        }
+    }
+}
+
 #[tokio::test]
 async fn invalid_policy_change_keeps_the_previous_policy() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
