@@ -15,8 +15,8 @@ use parapet_common::{
 static CGROUP_POLICIES: HashMap<u64, CgroupPolicies> =
     HashMap::with_max_entries(MAX_POLICED_CGROUPS, 0);
 
-/// A counter at index 0 that the agent increments after each batch of
-/// changes to `CGROUP_POLICIES`.
+/// A counter at index 0 that the agent increments after each change to
+/// `CGROUP_POLICIES`.
 #[map]
 static POLICY_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -61,6 +61,10 @@ fn entry() -> Option<Policed> {
     // The epoch is read before the walk. If the agent changes the map
     // during the walk, it increments the epoch afterwards, so a result
     // cached here under the older epoch is never used.
+    // NOTE: this relies on the epoch read not being reordered after the
+    // map reads below. x86 does not reorder loads; on arm64 nothing here
+    // orders them, and only the microseconds between the agent's two
+    // writes keep a reordered read from caching a stale result.
     let epoch = POLICY_EPOCH.get(0).copied().unwrap_or(0);
     // SAFETY: values of this map are plain numbers, replaced whole.
     if unsafe { UNPOLICED_CGROUPS.get(&cgroup_id) } == Some(&epoch) {
@@ -88,7 +92,13 @@ fn entry() -> Option<Policed> {
         }
         level += 1;
     }
-    if found.is_none() {
+    // Each helper call above reads the task's cgroup anew. A task moved to
+    // another cgroup during the walk had some ancestors read from that
+    // one, so its result must not be cached for `cgroup_id`.
+    // NOTE: a task moved out and back again during one walk passes this
+    // check. Walking from one cgroup pointer (the `bpf_cgroup_ancestor`
+    // kfunc, Linux 6.2 and later) would close that.
+    if found.is_none() && unsafe { bpf_get_current_cgroup_id() } == cgroup_id {
         let _ = UNPOLICED_CGROUPS.insert(&cgroup_id, &epoch, 0);
     }
     found

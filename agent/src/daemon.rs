@@ -151,6 +151,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         Enforcer::new()
     };
     enforcer.install_policies(&mut kernel, policies)?;
+    // An earlier agent may have died between a write to the shared policy
+    // map and the epoch increment after it. The kernel forgets its cache
+    // now, before these programs act, because the first pass waits for the
+    // runtime.
+    enforcer.settle_epoch(&mut kernel);
     name_slots(&enforcer, &identities);
     log_policies(&enforcer);
     crate::memory::release_free_heap();
@@ -598,7 +603,9 @@ impl LoopState {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             crate::adopt::remove_stale_read_only(&mut kernel, read_only_cgroups);
         }
-        if self.activate_after_first_pass {
+        // The new programs remembered unpoliced cgroups while their map was
+        // still empty: they act only once the epoch made them forget.
+        if self.activate_after_first_pass && !self.enforcer.epoch_stale() {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             match self.pins.activate(&mut kernel.active_generation) {
                 Ok(()) => self.activate_after_first_pass = false,

@@ -247,7 +247,14 @@ impl Enforcer {
             }
             match kernel.cgroup_policies.insert(cgroup_id, entry.policies, 0) {
                 Ok(()) => {
+                    // Incremented at once, not after the pass: the pass can
+                    // take long, the agent can die during it, and the log
+                    // line below must not come before the entry covers
+                    // the cgroups nested below this one.
                     self.epoch_stale = true;
+                    if !self.settle_epoch(kernel) {
+                        failures += 1;
+                    }
                     info!(
                         cgroup_id,
                         namespace = %entry.identity.namespace,
@@ -297,19 +304,32 @@ impl Enforcer {
                 }
             }
         }
-        if self.epoch_stale {
-            match next_epoch(kernel) {
-                Ok(()) => self.epoch_stale = false,
-                Err(error) => {
-                    failures += 1;
-                    error!(
-                        error = %error,
-                        "failed to increment the policy epoch; cgroups the kernel remembers as unpoliced stay so until a retry succeeds"
-                    );
-                }
-            }
+        if self.epoch_stale && !self.settle_epoch(kernel) {
+            failures += 1;
         }
         failures
+    }
+
+    /// Increments `POLICY_EPOCH` if `CGROUP_POLICIES` may have changed
+    /// since it last was, and returns whether the kernel's cache of
+    /// unpoliced cgroups is now current.
+    pub fn settle_epoch(&mut self, kernel: &mut Kernel) -> bool {
+        if !self.epoch_stale {
+            return true;
+        }
+        match next_epoch(kernel) {
+            Ok(()) => self.epoch_stale = false,
+            Err(error) => error!(
+                error = %error,
+                "failed to increment the policy epoch; cgroups the kernel remembers as unpoliced stay so until a retry succeeds"
+            ),
+        }
+        !self.epoch_stale
+    }
+
+    /// Returns whether `POLICY_EPOCH` still has to be incremented.
+    pub fn epoch_stale(&self) -> bool {
+        self.epoch_stale
     }
 }
 

@@ -285,10 +285,10 @@ async fn late_pods_policed_removed_pods_cleared() -> Result<()> {
 }
 
 /// The kernel remembers cgroups that no policy covers. A process in a
-/// cgroup nested in a container's, whose datagrams went out before a
-/// policy selected the container, is policed as soon as one does: the
-/// container's entry covers it only through the ancestor walk that the
-/// cached result skips.
+/// cgroup nested in a container's sends datagrams before a policy selects
+/// the container, and is policed as soon as one does. The container's
+/// entry covers it only through the ancestor walk that the cached result
+/// skips.
 #[tokio::test]
 async fn policy_covers_a_nested_cgroup_already_sending() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
@@ -313,6 +313,59 @@ async fn policy_covers_a_nested_cgroup_already_sending() -> Result<()> {
     Ok(())
 }
 
+/// A task moved to another cgroup while its hook walks the ancestors reads
+/// some of them from the new cgroup. Such a walk must not make the kernel
+/// remember the task's first cgroup as unpoliced: a fresh process there
+/// stays policed after thousands of moves of a busy sender.
+#[tokio::test]
+async fn sender_moved_between_cgroups_leaves_no_stale_cache() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let scene = scene().await?;
+    let mut agent = Agent::start(&scene.containerd, &[("client.yaml", &client_policy("enforce", scene.server.ip))])?;
+    agent.wait_ready()?;
+    agent.wait_enforced(&scene.client.container_id)?;
+    let nested = NestedCgroup::create(&scene.client.cgroup_path.join("worker"))?;
+    let outside_name = format!("parapet-test-moved-{}", std::process::id());
+    let outside = NestedCgroup::create(&parapet_tests::cgroup::v2_mount()?.join(outside_name))?;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let port = receiver.local_addr()?.port().to_string();
+    let before = nested.probe(&["send", "udp", "127.0.0.1", &port])?;
+    assert!(is_eperm(&before), "UDP send from the nested cgroup before the moves: {before}");
+
+    // The sender's datagrams are refused while it is in the nested cgroup
+    // and go out while it is outside, and it keeps sending either way.
+    let mut sender = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(nested.path.join("cgroup.procs"))
+        .arg(env!("CARGO_BIN_EXE_netprobe"))
+        .args(["flood", "udp", "127.0.0.1", &port, "--seconds", "60"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let pid = sender.id().to_string();
+    let mut stale = None;
+    for round in 0..10000 {
+        let _ = std::fs::write(outside.path.join("cgroup.procs"), &pid);
+        let _ = std::fs::write(nested.path.join("cgroup.procs"), &pid);
+        if round % 200 == 199 {
+            let probe = nested.probe(&["send", "udp", "127.0.0.1", &port])?;
+            if !is_eperm(&probe) {
+                stale = Some((round, probe));
+                break;
+            }
+        }
+    }
+    sender.kill()?;
+    sender.wait()?;
+    drop(outside);
+    drop(nested);
+    assert_eq!(stale, None, "a fresh process in the nested cgroup got through after the sender's moves");
+
+    agent.stop()?;
+    scene.containerd.cleanup().await?;
+    Ok(())
+}
+
 /// A cgroup the test makes under a container's, removed on drop.
 struct NestedCgroup {
     path: std::path::PathBuf,
@@ -328,8 +381,8 @@ impl NestedCgroup {
     /// returns its output, trimmed.
     fn probe(&self, args: &[&str]) -> Result<String> {
         let procs = self.path.join("cgroup.procs");
-        let output = std::process::Command::new("sh")
-            .arg("-c")
+        let output = std::process::Command::new("timeout")
+            .args(["10", "sh", "-c"])
             .arg("echo $$ > \"$0\" && exec \"$@\"")
             .arg(&procs)
             .arg(env!("CARGO_BIN_EXE_netprobe"))
