@@ -6,12 +6,13 @@
 //! that is not a mount yet onto itself, then writes the ids of the mounts
 //! that must stay unchanged into `READ_ONLY_MOUNTS` (mount ids are unique
 //! on the whole system while mounted, and reused after an unmount, so each
-//! entry names its container's cgroup). A hook finds the mount an operation goes through
-//! (`struct path` → `vfsmount` → the `struct mount` around it) and looks
-//! its id up. Long or deep paths, symlinks, `..`, renames and bind mounts
-//! all end on some mount, so none of them changes the verdict, and a
-//! descriptor opened before the policy arrived is checked again at each
-//! write (`file_permission`), truncate and shared writable `mmap`.
+//! entry names its container's cgroup). A hook finds the mount an
+//! operation goes through (`struct path` → `vfsmount` → the `struct mount`
+//! around it) and looks its id up. Long or deep paths, symlinks, `..`,
+//! renames and bind mounts all end on some mount, so none of them changes
+//! the verdict, and a descriptor opened before the policy arrived is
+//! checked again at each write (`file_permission`), truncate and shared
+//! writable `mmap`.
 //!
 //! Writes to character devices, pipes and sockets pass: they change no
 //! file. A hard link made inside a writable path before the policy arrived

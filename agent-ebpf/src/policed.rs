@@ -62,9 +62,9 @@ fn entry() -> Option<Policed> {
     // during the walk, it increments the epoch afterwards, so a result
     // cached here under the older epoch is never used.
     // NOTE: this relies on the epoch read not being reordered after the
-    // map reads below. x86 does not reorder loads; on arm64 nothing here
-    // orders them, and only the microseconds between the agent's two
-    // writes keep a reordered read from caching a stale result.
+    // map reads below. x86 does not reorder loads. On arm64 nothing here
+    // orders them, so only the microseconds between the agent's two writes
+    // keep a reordered read from caching a stale result.
     let epoch = POLICY_EPOCH.get(0).copied().unwrap_or(0);
     // SAFETY: values of this map are plain numbers, replaced whole.
     if unsafe { UNPOLICED_CGROUPS.get(&cgroup_id) } == Some(&epoch) {

@@ -152,9 +152,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
     enforcer.install_policies(&mut kernel, policies)?;
     // An earlier agent may have died between a write to the shared policy
-    // map and the epoch increment after it. The kernel forgets its cache
-    // now, before these programs act, because the first pass waits for the
-    // runtime.
+    // map and the epoch increment after it. The increment here invalidates
+    // the kernel's cache before these programs act, because the first pass
+    // waits for the runtime.
     enforcer.settle_epoch(&mut kernel);
     name_slots(&enforcer, &identities);
     log_policies(&enforcer);
@@ -603,8 +603,8 @@ impl LoopState {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             crate::adopt::remove_stale_read_only(&mut kernel, read_only_cgroups);
         }
-        // The new programs remembered unpoliced cgroups while their map was
-        // still empty: they act only once the epoch made them forget.
+        // The new programs cached unpoliced cgroups while their map was
+        // still empty, so they act only once an increment invalidated those.
         if self.activate_after_first_pass && !self.enforcer.epoch_stale() {
             let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
             match self.pins.activate(&mut kernel.active_generation) {

@@ -295,7 +295,7 @@ async fn policy_covers_a_nested_cgroup_already_sending() -> Result<()> {
     let scene = scene().await?;
     let mut agent = Agent::start(&scene.containerd, &[])?;
     agent.wait_ready()?;
-    let nested = NestedCgroup::create(&scene.client.cgroup_path.join("worker"))?;
+    let nested = TestCgroup::create(&scene.client.cgroup_path.join("worker"))?;
     let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let port = receiver.local_addr()?.port().to_string();
     for _ in 0..3 {
@@ -324,9 +324,9 @@ async fn sender_moved_between_cgroups_leaves_no_stale_cache() -> Result<()> {
     let mut agent = Agent::start(&scene.containerd, &[("client.yaml", &client_policy("enforce", scene.server.ip))])?;
     agent.wait_ready()?;
     agent.wait_enforced(&scene.client.container_id)?;
-    let nested = NestedCgroup::create(&scene.client.cgroup_path.join("worker"))?;
+    let nested = TestCgroup::create(&scene.client.cgroup_path.join("worker"))?;
     let outside_name = format!("parapet-test-moved-{}", std::process::id());
-    let outside = NestedCgroup::create(&parapet_tests::cgroup::v2_mount()?.join(outside_name))?;
+    let outside = TestCgroup::create(&parapet_tests::cgroup::v2_mount()?.join(outside_name))?;
     let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let port = receiver.local_addr()?.port().to_string();
     let before = nested.probe(&["send", "udp", "127.0.0.1", &port])?;
@@ -334,15 +334,13 @@ async fn sender_moved_between_cgroups_leaves_no_stale_cache() -> Result<()> {
 
     // The sender's datagrams are refused while it is in the nested cgroup
     // and go out while it is outside, and it keeps sending either way.
-    let mut sender = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("echo $$ > \"$0\" && exec \"$@\"")
-        .arg(nested.path.join("cgroup.procs"))
-        .arg(env!("CARGO_BIN_EXE_netprobe"))
-        .args(["flood", "udp", "127.0.0.1", &port, "--seconds", "60"])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let pid = sender.id().to_string();
+    let sender = KilledOnDrop(
+        nested
+            .command(NETPROBE, &["flood", "udp", "127.0.0.1", &port, "--seconds", "60"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let pid = sender.0.id().to_string();
     let mut stale = None;
     for round in 0..10000 {
         let _ = std::fs::write(outside.path.join("cgroup.procs"), &pid);
@@ -355,8 +353,7 @@ async fn sender_moved_between_cgroups_leaves_no_stale_cache() -> Result<()> {
             }
         }
     }
-    sender.kill()?;
-    sender.wait()?;
+    drop(sender);
     drop(outside);
     drop(nested);
     assert_eq!(stale, None, "a fresh process in the nested cgroup got through after the sender's moves");
@@ -366,33 +363,54 @@ async fn sender_moved_between_cgroups_leaves_no_stale_cache() -> Result<()> {
     Ok(())
 }
 
-/// A cgroup the test makes under a container's, removed on drop.
-struct NestedCgroup {
+const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
+
+/// A cgroup the test makes, removed on drop.
+struct TestCgroup {
     path: std::path::PathBuf,
 }
 
-impl NestedCgroup {
+impl TestCgroup {
     fn create(path: &std::path::Path) -> Result<Self> {
         std::fs::create_dir(path)?;
         Ok(Self { path: path.to_owned() })
     }
 
-    /// Runs `netprobe` with `args` on the host, inside this cgroup, and
-    /// returns its output, trimmed.
-    fn probe(&self, args: &[&str]) -> Result<String> {
-        let procs = self.path.join("cgroup.procs");
-        let output = std::process::Command::new("timeout")
-            .args(["10", "sh", "-c"])
+    /// Returns a command that runs `program` with `args` on the host,
+    /// inside this cgroup.
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
             .arg("echo $$ > \"$0\" && exec \"$@\"")
-            .arg(&procs)
-            .arg(env!("CARGO_BIN_EXE_netprobe"))
-            .args(args)
-            .output()?;
+            .arg(self.path.join("cgroup.procs"))
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    /// Runs `netprobe` with `args` inside this cgroup, for at most 10 s,
+    /// and returns its output, trimmed.
+    fn probe(&self, args: &[&str]) -> Result<String> {
+        let mut limited = vec!["10", NETPROBE];
+        limited.extend_from_slice(args);
+        let output = self.command("timeout", &limited).output()?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 }
 
-impl Drop for NestedCgroup {
+/// A child process, killed and reaped on drop, so that its cgroup can be
+/// removed after a failure too.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for TestCgroup {
     fn drop(&mut self) {
         if let Err(error) = std::fs::remove_dir(&self.path) {
             eprintln!("failed to remove the nested cgroup {}: {error}", self.path.display());

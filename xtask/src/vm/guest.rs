@@ -44,15 +44,11 @@ pub fn boot(
     // number generator at boot. `-monitor none` keeps QEMU's monitor off
     // stdio, since the serial console goes to `log`.
     //
-    // With `one_host_thread`, QEMU runs both virtual CPUs in turn on one
-    // host thread (`thread=single`), not each on its own (QEMU 7.2's
-    // default). With a thread each, the 6.12 guest crashed with "Oops:
-    // int3" in `syscall_trace_enter` as the agent attached its syscall
-    // tracepoints. A CPU ran the breakpoint that the kernel puts on a jump
-    // while it patches it, after the patch was done. That is code one CPU
-    // changes under another, which real CPUs serialize and this emulation
-    // missed. The 6.1 guest has not crashed this way, so it keeps the
-    // faster mode.
+    // With `one_host_thread`, both virtual CPUs take turns on one host
+    // thread (`thread=single`). With a thread each, QEMU 7.2's default, the
+    // 6.12 guest crashed with "Oops: int3" in `syscall_trace_enter` while
+    // the agent attached tracepoints: a CPU ran a breakpoint the kernel had
+    // already patched away. The 6.1 guest has not crashed this way.
     let accel = if one_host_thread { "tcg,thread=single" } else { "tcg" };
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", accel])
