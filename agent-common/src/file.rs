@@ -162,17 +162,6 @@ pub mod op {
     }
 }
 
-/// A mutating syscall seen on entry, kept until its exit: value of
-/// `PENDING_FILE_OPS`, keyed by pid and thread id.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PendingFileOp {
-    pub op: u32,
-    pub dirfd: i32,
-    /// User-space address of the path argument.
-    pub path: u64,
-}
-
 /// Event record of a refused (enforce mode) or reported (audit mode)
 /// mutation.
 #[repr(C)]

@@ -1,10 +1,11 @@
 //! Reporting file mutations by workloads under a `readOnly: true` policy,
 //! on kernels without BPF LSM. The agent makes such a container's mounts
 //! read-only, so the kernel itself refuses a mutation with EROFS; these
-//! syscall tracepoints only report. On entry a mutating syscall's path
-//! argument is kept. On exit, in enforce mode, a call that failed with
-//! EROFS is reported as denied. In audit mode nothing is remounted, so
-//! every call that succeeded is reported as an audit.
+//! syscall tracepoints only report. Only the exit of each syscall is
+//! watched, and its arguments are read from the registers the kernel saved
+//! on entry. In enforce mode, a call that failed with EROFS is reported as
+//! denied. In audit mode nothing is remounted, so every call that succeeded
+//! is reported as an audit.
 //!
 //! When the LSM file programs are attached they report audits themselves,
 //! by mount, so these programs report no audit. They still report EROFS:
@@ -24,12 +25,17 @@
 //! kernel but not reported: syscall tracepoints do not see them.
 //!
 //! NOTE: these tracepoints slow down every process on the node, policed or
-//! not, on each watched syscall: open and close took 8 to 10% more CPU
-//! time in `cargo xtask bench` on Linux 6.18. A profile puts most of it in
-//! the kernel's syscall tracepoint path (`perf_syscall_enter` and
-//! `perf_syscall_exit` copy the arguments into a perf record before any
-//! program runs), not in these programs, which leave a read-only open
-//! after one flag test. The BPF LSM file hooks do not have that cost.
+//! not, on each watched syscall: open and close took 12 to 15% more CPU
+//! time in `cargo xtask bench` on Linux 6.18. Most of it is the kernel's
+//! own tracepoint path: with a program that returned at once on the exit
+//! of `openat`, open and close still took about 8% more. The rest is the
+//! read of the saved registers, needed to find read-only opens. The BPF
+//! LSM file hooks do not have that cost.
+//!
+//! NOTE: the path is read from user memory when the call has returned, so
+//! another thread of the process can change it in between, and the report
+//! names a path other than the one the kernel refused. The refusal itself
+//! does not depend on it.
 
 use aya_ebpf::{
     helpers::{
@@ -37,163 +43,131 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{Array, LruHashMap},
+    maps::Array,
     programs::TracePointContext,
 };
 use parapet_common::{
     CgroupPolicies, CounterKey, EventHeader, EventKind, MAX_POLICY_SLOTS,
     Mode, NO_RULE, Verdict,
-    file::{AT_FDCWD, FileEvent, FsPolicy, PendingFileOp, op},
+    file::{AT_FDCWD, FileEvent, FsPolicy, op},
     lsm::backend,
 };
 
-use crate::{counters::count_decision, events, exec, lsm, policed};
+use crate::{counters::count_decision, events, exec, lsm, policed, syscall_args};
 
 /// Filesystem part of each policy, by policy slot.
 #[map]
 static FS_POLICIES: Array<FsPolicy> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
 
-/// Mutating syscalls between entry and exit, by pid and thread id.
-#[map]
-static PENDING_FILE_OPS: LruHashMap<u64, PendingFileOp> = LruHashMap::with_max_entries(16384, 0);
-
 /// The kernel ignores the return value of tracepoint programs.
 const DONE: u32 = 0;
 /// Offset of `long ret` in every `syscalls/sys_exit_*` record.
 const RET_OFFSET: usize = 16;
-/// Argument offset meaning "this syscall has no such argument".
-const NONE: usize = 0;
+/// Argument index meaning "this syscall has no such argument".
+const NONE: usize = usize::MAX;
 const EROFS: i64 = 30;
 /// `open` flags that ask to change the file: O_WRONLY, O_RDWR, O_CREAT,
 /// O_TRUNC.
 const OPEN_WRITE_FLAGS: u64 = 0o1 | 0o2 | 0o100 | 0o1000;
 
-/// Defines the entry and exit programs of one syscall. Offsets are those
-/// of its arguments in `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`.
-macro_rules! file_syscall {
-    ($enter:ident, $exit:ident, $op:expr, path: $path:expr, dirfd: $dirfd:expr, flags: $flags:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $op, $path, $dirfd, $flags);
-            DONE
-        }
+/// Argument indexes of the path, directory descriptor and open flags.
+struct Args {
+    path: usize,
+    dirfd: usize,
+    flags: usize,
+}
 
+/// Defines the exit program of one syscall. Indexes follow the argument
+/// order in `/sys/kernel/tracing/events/syscalls/sys_enter_*/format`.
+macro_rules! file_syscall {
+    ($exit:ident, $op:expr, path: $path:expr, dirfd: $dirfd:expr, flags: $flags:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx);
+            on_exit(&ctx, $op, Args { path: $path, dirfd: $dirfd, flags: $flags });
             DONE
         }
     };
 }
 
-file_syscall!(parapet_fe_openat, parapet_fx_openat, op::OPENAT, path: 24, dirfd: 16, flags: 32);
-file_syscall!(parapet_fe_open, parapet_fx_open, op::OPEN, path: 16, dirfd: NONE, flags: 24);
-file_syscall!(parapet_fe_creat, parapet_fx_creat, op::CREAT, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_truncate, parapet_fx_truncate, op::TRUNCATE, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_unlinkat, parapet_fx_unlinkat, op::UNLINKAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_unlink, parapet_fx_unlink, op::UNLINK, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_renameat2, parapet_fx_renameat2, op::RENAMEAT2, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_renameat, parapet_fx_renameat, op::RENAMEAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_rename, parapet_fx_rename, op::RENAME, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_mkdirat, parapet_fx_mkdirat, op::MKDIRAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_mkdir, parapet_fx_mkdir, op::MKDIR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_rmdir, parapet_fx_rmdir, op::RMDIR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_linkat, parapet_fx_linkat, op::LINKAT, path: 40, dirfd: 32, flags: NONE);
-file_syscall!(parapet_fe_link, parapet_fx_link, op::LINK, path: 24, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_symlinkat, parapet_fx_symlinkat, op::SYMLINKAT, path: 32, dirfd: 24, flags: NONE);
-file_syscall!(parapet_fe_symlink, parapet_fx_symlink, op::SYMLINK, path: 24, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_mknodat, parapet_fx_mknodat, op::MKNODAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_mknod, parapet_fx_mknod, op::MKNOD, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_fchmodat, parapet_fx_fchmodat, op::FCHMODAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_chmod, parapet_fx_chmod, op::CHMOD, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_fchownat, parapet_fx_fchownat, op::FCHOWNAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_chown, parapet_fx_chown, op::CHOWN, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_lchown, parapet_fx_lchown, op::LCHOWN, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_setxattr, parapet_fx_setxattr, op::SETXATTR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_lsetxattr, parapet_fx_lsetxattr, op::LSETXATTR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_removexattr, parapet_fx_removexattr, op::REMOVEXATTR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_lremovexattr, parapet_fx_lremovexattr, op::LREMOVEXATTR, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_fchmodat2, parapet_fx_fchmodat2, op::FCHMODAT2, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_utimensat, parapet_fx_utimensat, op::UTIMENSAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_futimesat, parapet_fx_futimesat, op::FUTIMESAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_utimes, parapet_fx_utimes, op::UTIMES, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_utime, parapet_fx_utime, op::UTIME, path: 16, dirfd: NONE, flags: NONE);
-file_syscall!(parapet_fe_fchmod, parapet_fx_fchmod, op::FCHMOD, path: NONE, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_fchown, parapet_fx_fchown, op::FCHOWN, path: NONE, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_fsetxattr, parapet_fx_fsetxattr, op::FSETXATTR, path: NONE, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_fremovexattr, parapet_fx_fremovexattr, op::FREMOVEXATTR, path: NONE, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_setxattrat, parapet_fx_setxattrat, op::SETXATTRAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_removexattrat, parapet_fx_removexattrat, op::REMOVEXATTRAT, path: 24, dirfd: 16, flags: NONE);
-file_syscall!(parapet_fe_file_setattr, parapet_fx_file_setattr, op::FILE_SETATTR, path: 24, dirfd: 16, flags: NONE);
+file_syscall!(parapet_fx_openat, op::OPENAT, path: 1, dirfd: 0, flags: 2);
+file_syscall!(parapet_fx_open, op::OPEN, path: 0, dirfd: NONE, flags: 1);
+file_syscall!(parapet_fx_creat, op::CREAT, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_truncate, op::TRUNCATE, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_unlinkat, op::UNLINKAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_unlink, op::UNLINK, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_renameat2, op::RENAMEAT2, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_renameat, op::RENAMEAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_rename, op::RENAME, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_mkdirat, op::MKDIRAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_mkdir, op::MKDIR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_rmdir, op::RMDIR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_linkat, op::LINKAT, path: 3, dirfd: 2, flags: NONE);
+file_syscall!(parapet_fx_link, op::LINK, path: 1, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_symlinkat, op::SYMLINKAT, path: 2, dirfd: 1, flags: NONE);
+file_syscall!(parapet_fx_symlink, op::SYMLINK, path: 1, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_mknodat, op::MKNODAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_mknod, op::MKNOD, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_fchmodat, op::FCHMODAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_chmod, op::CHMOD, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_fchownat, op::FCHOWNAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_chown, op::CHOWN, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_lchown, op::LCHOWN, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_setxattr, op::SETXATTR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_lsetxattr, op::LSETXATTR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_removexattr, op::REMOVEXATTR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_lremovexattr, op::LREMOVEXATTR, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_fchmodat2, op::FCHMODAT2, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_utimensat, op::UTIMENSAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_futimesat, op::FUTIMESAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_utimes, op::UTIMES, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_utime, op::UTIME, path: 0, dirfd: NONE, flags: NONE);
+file_syscall!(parapet_fx_fchmod, op::FCHMOD, path: NONE, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_fchown, op::FCHOWN, path: NONE, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_fsetxattr, op::FSETXATTR, path: NONE, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_fremovexattr, op::FREMOVEXATTR, path: NONE, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_setxattrat, op::SETXATTRAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_removexattrat, op::REMOVEXATTRAT, path: 1, dirfd: 0, flags: NONE);
+file_syscall!(parapet_fx_file_setattr, op::FILE_SETATTR, path: 1, dirfd: 0, flags: NONE);
 
 /// `openat2` keeps its flags in a `struct open_how` in user memory, whose
 /// first field they are.
 #[tracepoint]
-pub fn parapet_fe_openat2(ctx: TracePointContext) -> u32 {
-    const HOW_OFFSET: usize = 32;
-    // SAFETY: the offset is that of the 8-byte `how` pointer argument.
-    let how = unsafe { ctx.read_at::<u64>(HOW_OFFSET) }.unwrap_or(0);
-    // SAFETY: a failed read of user memory returns an error, not a fault.
-    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    if flags & OPEN_WRITE_FLAGS != 0 {
-        on_enter(&ctx, op::OPENAT2, 24, 16, NONE);
-    }
-    DONE
-}
-
-#[tracepoint]
 pub fn parapet_fx_openat2(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
+    on_exit(&ctx, op::OPENAT2, Args { path: 1, dirfd: 0, flags: NONE });
     DONE
 }
 
+/// Reports the syscall that just returned, if it is a mutation to report.
+/// Most calls leave at the first test: one that failed other than with
+/// EROFS, a success where the LSM programs report audits, or an open that
+/// only reads.
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, op: u32, path_offset: usize, dirfd_offset: usize, flags_offset: usize) {
-    // Most opens only read: leave them before the cgroup lookups.
-    if flags_offset != NONE {
-        let flags = unsafe { ctx.read_at::<u64>(flags_offset) }.unwrap_or(0);
-        if flags & OPEN_WRITE_FLAGS == 0 {
-            return;
-        }
-    }
-    let Some(policed) = policed::current() else {
-        return;
-    };
-    if !has_read_only_policy(policed.policies) {
-        return;
-    }
-    // SAFETY: the offsets are those of 8-byte argument fields.
-    let path = if path_offset == NONE {
-        0
-    } else {
-        let Ok(path) = (unsafe { ctx.read_at::<u64>(path_offset) }) else {
-            return;
-        };
-        path
-    };
-    let dirfd = if dirfd_offset == NONE {
-        AT_FDCWD
-    } else {
-        unsafe { ctx.read_at::<u64>(dirfd_offset) }.unwrap_or(0) as i32
-    };
-    let pending = PendingFileOp { op, dirfd, path };
-    let _ = PENDING_FILE_OPS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
-}
-
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: values are only ever replaced whole.
-    let Some(pending) = (unsafe { PENDING_FILE_OPS.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    // While a new generation takes over, both generations' exit programs
-    // run: the pending entry is left to the active one, which counts it.
-    let Some(policed) = policed::current() else {
-        return;
-    };
-    let _ = PENDING_FILE_OPS.remove(&pid_tgid);
+fn on_exit(ctx: &TracePointContext, op: u32, args: Args) {
+    // SAFETY: the offset is that of the 8-byte `ret` field.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET_OFFSET) }) else {
+        return;
+    };
+    if ret < 0 && ret != -EROFS {
+        return;
+    }
+    if ret >= 0 && lsm::active(backend::FILESYSTEM) {
+        return;
+    }
+    let Some(values) = syscall_args::current() else {
+        return;
+    };
+    let flags = if op == op::OPENAT2 {
+        // SAFETY: a failed read of user memory returns an error, not a fault.
+        unsafe { bpf_probe_read_user(values[2] as *const u64) }.unwrap_or(0)
+    } else if args.flags != NONE {
+        values[args.flags]
+    } else {
+        OPEN_WRITE_FLAGS
+    };
+    if flags & OPEN_WRITE_FLAGS == 0 {
+        return;
+    }
+    let Some(policed) = policed::current() else {
         return;
     };
     let Some((verdict, slot)) = decide(policed.policies, ret) else {
@@ -206,25 +180,18 @@ fn on_exit(ctx: &TracePointContext) {
         kind: EventKind::File as u32,
         verdict: verdict as u32,
     });
-    report(&policed, verdict, slot, &pending, ret, pid_tgid);
-}
-
-#[inline(always)]
-fn has_read_only_policy(policies: &CgroupPolicies) -> bool {
-    policed::find_slot(policies, |slot| {
-        FS_POLICIES.get(slot).filter(|policy| policy.read_only != 0).map(|_| ())
-    })
-    .is_some()
+    let path = if args.path == NONE { 0 } else { values[args.path] };
+    let dirfd = if args.dirfd == NONE { AT_FDCWD } else { values[args.dirfd] as i32 };
+    report(&policed, verdict, slot, Call { op, dirfd, path }, ret);
 }
 
 /// Returns the verdict and slot to report: a refusal with EROFS under a
 /// read-only policy is a deny, and a success under an audit-mode one is an
-/// audit unless the LSM file programs report audits. Anything else is not
-/// reported. An audit-mode policy gets EROFS where an earlier enforce-mode
-/// one left the mounts read-only.
+/// audit. Anything else is not reported. An audit-mode policy gets EROFS
+/// where an earlier enforce-mode one left the mounts read-only. The caller
+/// has already left the successes that the LSM file programs report.
 #[inline(always)]
 fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
-    let lsm_reports_audits = lsm::active(backend::FILESYSTEM);
     policed::find_slot(policies, |slot| {
         let policy = FS_POLICIES.get(slot)?;
         if policy.read_only == 0 {
@@ -233,15 +200,24 @@ fn decide(policies: &CgroupPolicies, ret: i64) -> Option<(Verdict, u32)> {
         if ret == -EROFS {
             return Some((Verdict::Deny, slot));
         }
-        if policy.mode == Mode::Audit as u32 && ret >= 0 && !lsm_reports_audits {
+        if policy.mode == Mode::Audit as u32 && ret >= 0 {
             return Some((Verdict::Audit, slot));
         }
         None
     })
 }
 
+/// The call as the report names it.
+struct Call {
+    op: u32,
+    dirfd: i32,
+    /// User-space address of the path argument, or 0.
+    path: u64,
+}
+
 #[inline(always)]
-fn report(policed: &policed::Policed, verdict: Verdict, slot: u32, pending: &PendingFileOp, ret: i64, pid_tgid: u64) {
+fn report(policed: &policed::Policed, verdict: Verdict, slot: u32, call: Call, ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
     let Some(mut entry) = events::reserve::<FileEvent>() else {
         return;
     };
@@ -263,14 +239,14 @@ fn report(policed: &policed::Policed, verdict: Verdict, slot: u32, pending: &Pen
             rule: NO_RULE,
             comm: bpf_get_current_comm().unwrap_or_default(),
         };
-        (*record).op = pending.op;
-        (*record).dirfd = pending.dirfd;
+        (*record).op = call.op;
+        (*record).dirfd = call.dirfd;
         (*record).ret = ret;
         let path = &mut (*record).path;
-        let read = if pending.path == 0 {
+        let read = if call.path == 0 {
             Err(0)
         } else {
-            bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut path.bytes)
+            bpf_probe_read_user_str_bytes(call.path as *const u8, &mut path.bytes)
         };
         match read {
             Ok(bytes) => {

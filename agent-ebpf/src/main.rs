@@ -21,6 +21,7 @@ mod net;
 mod policed;
 mod probe;
 mod socket;
+mod syscall_args;
 
 #[cfg(not(test))]
 #[panic_handler]

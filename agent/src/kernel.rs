@@ -103,8 +103,7 @@ pub struct Kernel {
 }
 
 /// Syscalls whose mutations of read-only file systems are reported; each
-/// has the programs `parapet_fe_<name>` on entry and `parapet_fx_<name>`
-/// on exit.
+/// has the program `parapet_fx_<name>` on its exit.
 const FILE_SYSCALLS: [&str; 40] = [
     "openat", "open", "creat", "truncate", "unlinkat", "unlink", "renameat2", "renameat", "rename",
     "mkdirat", "mkdir", "rmdir", "linkat", "link", "symlinkat", "symlink", "mknodat", "mknod",
@@ -171,21 +170,18 @@ impl Kernel {
         for syscall in FILE_SYSCALLS {
             let exists = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
                 .iter()
-                .any(|events| Path::new(events).join(format!("syscalls/sys_enter_{syscall}")).is_dir());
+                .any(|events| Path::new(events).join(format!("syscalls/sys_exit_{syscall}")).is_dir());
             if !exists {
                 tracing::debug!(syscall, "this kernel has no such syscall to watch");
                 continue;
             }
-            let enter = format!("parapet_fe_{syscall}");
-            let exit = format!("parapet_fx_{syscall}");
-            for (program, event) in [(enter, format!("sys_enter_{syscall}")), (exit, format!("sys_exit_{syscall}"))] {
-                if let Err(error) = attach_file_tracepoint(&mut ebpf, &program, &event, pins) {
-                    tracing::warn!(
-                        program = %program,
-                        error = %error,
-                        "failed to attach a file tracepoint; attempts through this syscall are refused but not reported"
-                    );
-                }
+            let program = format!("parapet_fx_{syscall}");
+            if let Err(error) = attach_file_tracepoint(&mut ebpf, &program, &format!("sys_exit_{syscall}"), pins) {
+                tracing::warn!(
+                    program = %program,
+                    error = %error,
+                    "failed to attach a file tracepoint; attempts through this syscall are refused but not reported"
+                );
             }
         }
         Ok(Self {

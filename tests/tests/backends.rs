@@ -1,6 +1,6 @@
 //! The start-up probe: the backend chosen per promise shows in the log, in
-//! `/metrics` and in `parapet status`, and `--require-lsm` refuses to start
-//! where BPF LSM cannot enforce.
+//! `/metrics` and in `parapet status`, every file tracepoint attaches, and
+//! `--require-lsm` refuses to start where BPF LSM cannot enforce.
 
 use anyhow::Result;
 use parapet_tests::{
@@ -39,6 +39,13 @@ async fn chosen_backends_are_reported() -> Result<()> {
     let network = &backends[0];
     assert_eq!(network.0, "network");
     assert!(["lsm", "cgroup-socket"].contains(&network.1.as_str()), "{backends:?}");
+    // The file tracepoints report EROFS on every backend. The agent runs
+    // on without one that failed to load, so the log is what tells.
+    let log = agent.log();
+    assert!(
+        !log.contains("failed to attach a file tracepoint"),
+        "every file tracepoint loads and attaches on this kernel:\n{log}"
+    );
 
     agent.stop()?;
     containerd.cleanup().await?;
