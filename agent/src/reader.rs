@@ -361,6 +361,9 @@ impl Namer {
 }
 
 #[cfg(test)]
+mod line_tests;
+
+#[cfg(test)]
 mod tests {
     use parapet_common::{EventHeader, ExecPath, MAX_EXEC_PATH, NO_RULE, file};
 
