@@ -16,10 +16,7 @@ use parapet_common::{
 };
 
 use super::{Clock, Namer};
-use crate::{
-    feed::Published,
-    identity::{Identities, Identity},
-};
+use crate::identity::{Identities, Identity};
 
 /// Cgroup of a named container.
 const CONTAINER_CGROUP: u64 = 4242;
@@ -28,7 +25,7 @@ const POD_CGROUP: u64 = 77;
 /// A pid that no process has, so `/proc/PID/exe` cannot be read.
 const NO_PROCESS: u32 = u32::MAX;
 
-fn identities() -> Arc<RwLock<Identities>> {
+fn namer() -> Namer {
     let mut identities = Identities::new(Duration::from_secs(60));
     let container = Identity {
         namespace: "clinic \"east\"".to_owned(),
@@ -46,7 +43,7 @@ fn identities() -> Arc<RwLock<Identities>> {
     };
     identities.set_cgroups(HashMap::from([(CONTAINER_CGROUP, container), (POD_CGROUP, pod)]));
     identities.set_slot_policy(3, "ro\tpolicy");
-    Arc::new(RwLock::new(identities))
+    Namer::new("node \"a\"".to_owned(), Arc::new(RwLock::new(identities)))
 }
 
 /// Wall clock 2026-01-01T00:00:00Z at boot time 5 s.
@@ -57,9 +54,8 @@ fn clock() -> Clock {
 fn line_of<T>(record: &T) -> String {
     // SAFETY: the record types are plain integers without padding.
     let bytes = unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) };
-    let namer = Namer { node: "node \"a\"".to_owned(), identities: identities() };
-    let event = namer.decode(bytes, &clock()).unwrap();
-    String::from_utf8(Published::new(event).line.into_vec()).unwrap()
+    let published = namer().name(bytes, &clock()).unwrap();
+    String::from_utf8(published.line.into_vec()).unwrap()
 }
 
 fn path(text: &[u8], truncated: bool) -> ExecPath {
