@@ -105,3 +105,44 @@ fn policy(identities: &Identities, slot: u32) -> Policy {
     push_json_opt_str(&mut json, name.as_deref());
     Policy { json: json.into_boxed_slice(), name }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::identity::Identity;
+
+    fn pod(name: &str) -> Identity {
+        Identity { namespace: "clinic".to_owned(), pod: name.to_owned(), ..Identity::default() }
+    }
+
+    #[test]
+    fn cache_follows_identity_changes() {
+        let mut identities = Identities::new(Duration::from_secs(60));
+        identities.set_cgroups(HashMap::from([(7, pod("api-0"))]));
+        identities.set_slot_policy(1, "egress");
+        let mut cache = NameCache::default();
+
+        let (workload, policy) = cache.lookup(&identities, 7, 7, 1);
+        assert_eq!(workload.pod.as_deref(), Some("api-0"));
+        assert_eq!(&*policy.json, br#""egress""#);
+
+        identities.set_cgroups(HashMap::from([(7, pod("api-1"))]));
+        identities.set_slot_policy(1, "egress-v2");
+        let (workload, policy) = cache.lookup(&identities, 7, 7, 1);
+        assert_eq!(workload.pod.as_deref(), Some("api-1"));
+        assert_eq!(policy.name.as_deref(), Some("egress-v2"));
+    }
+
+    #[test]
+    fn unknown_cgroup_and_slot_are_null() {
+        let identities = Identities::new(Duration::from_secs(60));
+        let mut cache = NameCache::default();
+        let (workload, policy) = cache.lookup(&identities, 7, 7, 1);
+        let expected = br#""namespace":null,"pod":null,"pod_uid":null,"container":null,"container_id":null"#;
+        assert_eq!(&*workload.json, expected);
+        assert!(workload.namespace.is_none());
+        assert_eq!(&*policy.json, b"null");
+    }
+}
