@@ -103,8 +103,8 @@ impl Subscription {
     }
 }
 
-fn filter_matches(filter: &Option<String>, value: &Option<String>) -> bool {
-    filter.is_none() || filter == value
+fn filter_matches(filter: &Option<String>, value: &Option<Arc<str>>) -> bool {
+    filter.is_none() || filter.as_deref() == value.as_deref()
 }
 
 /// A line the agent sends besides events.

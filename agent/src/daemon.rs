@@ -174,10 +174,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let kernel = Arc::new(Mutex::new(kernel));
 
     let feed = Arc::new(crate::feed::Feed::new());
-    let namer = Namer {
-        node: node.clone(),
-        identities: Arc::clone(&identities),
-    };
+    let namer = Namer::new(node.clone(), Arc::clone(&identities));
     let sink = Arc::new(reader::EventSink::new(node.clone(), Arc::clone(&feed)));
     let reader_sink = Arc::clone(&sink);
     let first_pass = Arc::new(tokio::sync::Notify::new());

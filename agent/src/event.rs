@@ -1,7 +1,10 @@
 //! Events: decoding the kernel's records and the JSON form that the agent
 //! prints, streams to `parapet tail` and counts.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use parapet_common::{
     EventHeader, EventKind, NO_RULE, Verdict,
@@ -184,45 +187,51 @@ fn read_prefix<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Returns the `comm` of a record as text.
-pub fn comm(header: &EventHeader) -> String {
+pub fn comm(header: &EventHeader) -> Cow<'_, str> {
     let end = header.comm.iter().position(|&b| b == 0).unwrap_or(header.comm.len());
-    String::from_utf8_lossy(&header.comm[..end]).into_owned()
+    String::from_utf8_lossy(&header.comm[..end])
 }
 
 /// Returns the peer of a network record. An IPv4 socket's peer is shown as IPv4;
 /// an IPv6 socket's peer is shown as IPv6, IPv4-mapped addresses included.
 pub fn net_peer(event: &NetEvent) -> Peer {
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(event.addr) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    let v6 = Ipv6Addr::from(octets);
-    let address = if event.family == FAMILY_INET {
-        IpAddr::V4(Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]))
-    } else {
-        IpAddr::V6(v6)
-    };
-    let protocol = match event.protocol {
-        PROTOCOL_TCP => "tcp".to_owned(),
-        PROTOCOL_UDP => "udp".to_owned(),
-        other => other.to_string(),
+    let protocol = match protocol_name(event.protocol) {
+        Some(name) => name.to_owned(),
+        None => event.protocol.to_string(),
     };
     Peer {
-        address,
+        address: peer_address(event),
         port: event.port,
         protocol,
     }
 }
 
+/// Returns the name of an IP protocol that events name rather than number.
+pub fn protocol_name(protocol: u32) -> Option<&'static str> {
+    match protocol {
+        PROTOCOL_TCP => Some("tcp"),
+        PROTOCOL_UDP => Some("udp"),
+        _ => None,
+    }
+}
+
+/// Returns the peer address of a network record, as [`net_peer`] shows it.
+pub fn peer_address(event: &NetEvent) -> IpAddr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(event.addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    if event.family == FAMILY_INET {
+        IpAddr::V4(Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(octets))
+    }
+}
+
 /// Returns the program path the kernel put in a record, with whether it was cut.
-pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(String, bool)> {
+pub fn exec_path(path: &parapet_common::ExecPath) -> Option<(Cow<'_, str>, bool)> {
     let len = (path.len as usize).min(path.bytes.len());
-    (len > 0).then(|| {
-        (
-            String::from_utf8_lossy(&path.bytes[..len]).into_owned(),
-            path.truncated != 0,
-        )
-    })
+    (len > 0).then(|| (String::from_utf8_lossy(&path.bytes[..len]), path.truncated != 0))
 }
 
 /// Returns the list entry named by an exec record's rule, as a path into
@@ -341,7 +350,7 @@ mod tests {
         assert_eq!(peer.port, 8080);
         assert_eq!(peer.protocol, "tcp");
         assert_eq!(rule_index(&event.header), None);
-        assert_eq!(exec_path(&event.binary), Some(("////".to_owned(), false)));
+        assert_eq!(exec_path(&event.binary), Some(("////".into(), false)));
     }
 
     #[test]

@@ -33,15 +33,16 @@ pub struct Published {
     pub line: Box<[u8]>,
 }
 
-/// The fields of an event that `tail` clients filter on.
+/// The fields of an event that `tail` clients filter on. The names are
+/// shared with the reader's cache, so that a key costs no allocation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventKey {
     pub kind: Kind,
     pub verdict: VerdictName,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub container: Option<String>,
-    pub policy: Option<String>,
+    pub namespace: Option<Arc<str>>,
+    pub pod: Option<Arc<str>>,
+    pub container: Option<Arc<str>>,
+    pub policy: Option<Arc<str>>,
 }
 
 impl From<Event> for EventKey {
@@ -49,10 +50,10 @@ impl From<Event> for EventKey {
         Self {
             kind: event.kind,
             verdict: event.verdict,
-            namespace: event.namespace,
-            pod: event.pod,
-            container: event.container,
-            policy: event.policy,
+            namespace: event.namespace.map(Arc::from),
+            pod: event.pod.map(Arc::from),
+            container: event.container.map(Arc::from),
+            policy: event.policy.map(Arc::from),
         }
     }
 }
@@ -69,6 +70,11 @@ impl Published {
         }
         line.push(b'\n');
         Self { key: EventKey::from(event), line: line.into_boxed_slice() }
+    }
+
+    /// Takes a line that is already serialized, with its newline.
+    pub fn from_line(key: EventKey, line: &[u8]) -> Self {
+        Self { key, line: line.into() }
     }
 }
 

@@ -85,32 +85,35 @@ pub async fn run(socket: &Path, subscription: Subscription, output: Output) -> a
     // A refused client may fail to send while the agent's reply waits.
     let sent = write_half.write_all(format!("{request}\n").as_bytes()).await;
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
-    let mut line = String::new();
+    // Bytes rather than a `String`: JSON output passes the agent's lines
+    // on unchanged, with no UTF-8 check or parse per event.
+    let mut line = Vec::new();
     let mut out = Vec::with_capacity(WRITE_BATCH);
     loop {
         line.clear();
-        if reader.read_line(&mut line).await? == 0 {
+        if reader.read_until(b'\n', &mut line).await? == 0 {
             write_out(&mut out)?;
             break;
         }
-        let text = line.trim_end_matches('\n');
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let is_message = [r#"{"missed":"#, r#"{"kernel_dropped":"#, r#"{"notice":"#, r#"{"error":"#]
             .iter()
-            .any(|prefix| text.starts_with(prefix));
+            .any(|prefix| text.starts_with(prefix.as_bytes()));
         if is_message {
             // Events printed so far come before the message about them.
             write_out(&mut out)?;
-            message(text)?;
+            message(&String::from_utf8_lossy(text))?;
             continue;
         }
         match output {
             Output::Json => {
-                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(text);
                 out.push(b'\n');
             }
             Output::Text => {
-                let event: Event = serde_json::from_str(text)
-                    .with_context(|| format!("invalid event from the agent: {text}"))?;
+                let event: Event = serde_json::from_slice(text).with_context(|| {
+                    format!("invalid event from the agent: {}", String::from_utf8_lossy(text))
+                })?;
                 out.extend_from_slice(text_line(&event).as_bytes());
                 out.push(b'\n');
             }
