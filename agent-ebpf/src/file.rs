@@ -27,15 +27,20 @@
 //! NOTE: these tracepoints slow down every process on the node, policed or
 //! not, on each watched syscall: open and close took 12 to 15% more CPU
 //! time in `cargo xtask bench` on Linux 6.18. Most of it is the kernel's
-//! own tracepoint path: with a program that returned at once on the exit
-//! of `openat`, open and close still took about 8% more. The rest is the
-//! read of the saved registers, needed to find read-only opens. The BPF
-//! LSM file hooks do not have that cost.
+//! own tracepoint path. With a program that returned at once on the exit
+//! of `openat`, open and close still took about 8% more. The rest is, we
+//! estimate, the read of the saved registers that finds read-only opens.
+//! The BPF LSM file hooks do not have that cost.
 //!
-//! NOTE: the path is read from user memory when the call has returned, so
-//! another thread of the process can change it in between, and the report
-//! names a path other than the one the kernel refused. The refusal itself
-//! does not depend on it.
+//! NOTE: the path, and the flags of `openat2`, are read from user memory
+//! when the call has returned. Another thread of the process can change
+//! them in between, so the report can name a path other than the one the
+//! kernel refused, and an audit-mode success can go unreported. A refusal
+//! is counted whatever the flags are.
+//!
+//! NOTE: the exit tracepoint also fires for a call that seccomp or a
+//! ptrace tracer skipped and answered with a success or EROFS of its own.
+//! Such a call is reported as if the kernel had made it.
 
 use aya_ebpf::{
     helpers::{
@@ -138,9 +143,9 @@ pub fn parapet_fx_openat2(ctx: TracePointContext) -> u32 {
 }
 
 /// Reports the syscall that just returned, if it is a mutation to report.
-/// Most calls leave at the first test: one that failed other than with
-/// EROFS, a success where the LSM programs report audits, or an open that
-/// only reads.
+/// A call that failed other than with EROFS leaves at the first test, a
+/// success where the LSM programs report audits at the second. A
+/// read-only open leaves after the read of the saved registers.
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, op: u32, args: Args) {
     // SAFETY: the offset is that of the 8-byte `ret` field.
@@ -156,16 +161,21 @@ fn on_exit(ctx: &TracePointContext, op: u32, args: Args) {
     let Some(values) = syscall_args::current() else {
         return;
     };
-    let flags = if op == op::OPENAT2 {
-        // SAFETY: a failed read of user memory returns an error, not a fault.
-        unsafe { bpf_probe_read_user(values[2] as *const u64) }.unwrap_or(0)
-    } else if args.flags != NONE {
-        values[args.flags]
-    } else {
-        OPEN_WRITE_FLAGS
-    };
-    if flags & OPEN_WRITE_FLAGS == 0 {
-        return;
+    // Only a success needs the flags: a refusal with EROFS is reported
+    // whatever they are.
+    if ret >= 0 {
+        let flags = if op == op::OPENAT2 {
+            // SAFETY: a failed read of user memory returns an error, not a
+            // fault.
+            unsafe { bpf_probe_read_user(values[2] as *const u64) }.unwrap_or(0)
+        } else if args.flags != NONE {
+            values[args.flags]
+        } else {
+            OPEN_WRITE_FLAGS
+        };
+        if flags & OPEN_WRITE_FLAGS == 0 {
+            return;
+        }
     }
     let Some(policed) = policed::current() else {
         return;

@@ -1,8 +1,8 @@
 //! The first four arguments of the current task's syscall, read from the
 //! user registers the kernel saved on entry. A `sys_exit_*` tracepoint
-//! record contains only the return value, and the registers still contain
-//! the arguments then: the kernel writes the return value to its own slot and
-//! leaves the others as user space passed them.
+//! record contains only the return value. The saved registers then still
+//! contain the arguments the syscall used, because only the return
+//! register changes (`ax`, or `x0` on arm64, hence `orig_x0` there).
 
 use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
 

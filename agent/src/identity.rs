@@ -37,7 +37,7 @@ pub struct Identities {
     slot_policies: HashMap<u32, String>,
     /// Incremented on every change, so that readers can cache what they
     /// derive from the identities.
-    generation: u64,
+    revision: u64,
 }
 
 impl Identities {
@@ -48,14 +48,14 @@ impl Identities {
             cgroups: HashMap::new(),
             retired: VecDeque::new(),
             slot_policies: HashMap::new(),
-            generation: 0,
+            revision: 0,
         }
     }
 
     /// Returns the count of changes so far: equal values mean that
     /// nothing changed in between.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn cgroup(&self, cgroup_id: u64) -> Option<&Identity> {
@@ -74,7 +74,7 @@ impl Identities {
     /// Replaces the live cgroup identities. Cgroups that are gone keep their
     /// identity for a grace period.
     pub fn set_cgroups(&mut self, live: HashMap<u64, Identity>) {
-        self.generation += 1;
+        self.revision += 1;
         let now = Instant::now();
         while let Some(&(since, id)) = self.retired.front() {
             if now.duration_since(since) < self.retention {
@@ -101,7 +101,7 @@ impl Identities {
 
     /// Names a policy slot. A slot keeps its name until it is reused.
     pub fn set_slot_policy(&mut self, slot: u32, policy: &str) {
-        self.generation += 1;
+        self.revision += 1;
         self.slot_policies.insert(slot, policy.to_owned());
     }
 }

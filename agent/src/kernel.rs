@@ -180,7 +180,7 @@ impl Kernel {
                 tracing::warn!(
                     program = %program,
                     error = %error,
-                    "failed to attach a file tracepoint; attempts through this syscall are refused but not reported"
+                    "failed to attach a file tracepoint. Attempts through this syscall are refused but not reported"
                 );
             }
         }

@@ -29,10 +29,10 @@ pub struct Policy {
 /// of the identities.
 const MAX_ENTRIES: usize = 4096;
 
-/// Names derived from one generation of [`Identities`].
+/// Names derived from one revision of [`Identities`].
 #[derive(Default)]
 pub struct NameCache {
-    generation: u64,
+    revision: u64,
     /// Keyed by the record's cgroup and the cgroup whose policy applied,
     /// because an unknown cgroup is named after the policed one.
     workloads: HashMap<(u64, u64), Workload>,
@@ -50,10 +50,10 @@ impl NameCache {
         policy_slot: u32,
     ) -> (&Workload, &Policy) {
         let full = self.workloads.len() >= MAX_ENTRIES || self.policies.len() >= MAX_ENTRIES;
-        if self.generation != identities.generation() || full {
+        if self.revision != identities.revision() || full {
             self.workloads.clear();
             self.policies.clear();
-            self.generation = identities.generation();
+            self.revision = identities.revision();
         }
         let workload = self
             .workloads
