@@ -58,8 +58,9 @@ pub struct Event {
     /// directory or directory descriptor, where the agent could read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_path: Option<String>,
-    /// For file events: true when the kernel cut `path` short, keeping its
-    /// last components. A cut path is never reported as `resolved_path`.
+    /// For file events: true when the kernel cut `path` short. The LSM
+    /// backend keeps its last components, the syscall tracepoints its first
+    /// bytes. A cut path is never reported as `resolved_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_truncated: Option<bool>,
 }

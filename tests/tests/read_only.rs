@@ -124,6 +124,20 @@ async fn read_only_root_refuses_every_mutation() -> Result<()> {
     }
     let mode = shell(&db, "stat -c %a /data.txt").await?;
     assert_eq!(mode.stdout_trimmed(), "644");
+    // A path of 255 bytes fills the kernel's buffer whole and is not cut.
+    // A longer one is cut, and its resolved path is left out.
+    let full = format!("/{}", "L".repeat(254));
+    let long = format!("/etc{}/long", "/.".repeat(150));
+    for (path, cut) in [(&full, false), (&long, true)] {
+        let output = shell(&db, &format!("touch {path}")).await?;
+        assert!(output.stderr.contains("Read-only file system"), "{output:?}");
+        let event = agent.wait_for_event(|e| {
+            e.kind == Kind::File && e.path.as_deref().is_some_and(|p| path.starts_with(p) && p.len() >= 255)
+        })?;
+        assert_eq!(event.path_truncated, Some(cut), "{event:?}");
+        let resolved = if cut { None } else { Some(path.as_str()) };
+        assert_eq!(event.resolved_path.as_deref(), resolved, "{event:?}");
+    }
     // openat2 keeps its flags in user memory.
     let output = shell(&db, "/usr/local/bin/netprobe openat2 /created2").await?;
     assert!(output.stdout.contains("errno=30"), "openat2: {output:?}");
@@ -286,6 +300,14 @@ async fn audit_mode_reports_every_mutation() -> Result<()> {
         assert_eq!(output.exit_code, 0, "{what} in audit mode: {output:?}");
     }
     assert_eq!(shell(&db, "echo scratch > /tmp/scratch").await?.exit_code, 0);
+    // An O_PATH open ignores its write flag, so it is no mutation. The
+    // mutation after it shows when its report would have arrived.
+    let output = shell(&db, "/usr/local/bin/netprobe open-path /data.txt && touch /after-open-path").await?;
+    assert_eq!(output.exit_code, 0, "{output:?}");
+    agent.wait_for_event(|e| e.kind == Kind::File && e.path.as_deref() == Some("/after-open-path"))?;
+    let events = agent.events()?;
+    let reported = events.iter().find(|e| e.process == "netprobe" && e.path.as_deref() == Some("/data.txt"));
+    assert!(reported.is_none(), "an O_PATH open was reported: {reported:?}");
     for path in ["/created", "/made", "/hard.txt", "/soft.txt", "/data.txt"] {
         let event = agent.wait_for_event(|e| {
             e.kind == Kind::File && e.verdict == VerdictName::Audit && e.path.as_deref() == Some(path)

@@ -6,6 +6,7 @@
 //! netprobe listen tcp|udp PORT         serve "pong" on 0.0.0.0 and [::] until killed
 //! netprobe fchmod|fsetxattr PATH       open PATH read-only, change it through the descriptor
 //! netprobe openat2 PATH                create PATH with openat2(2)
+//! netprobe open-path PATH              open PATH with O_PATH and O_WRONLY, which changes nothing
 //! netprobe flood udp|connect|write ...  refused calls in a loop, timed or paced (see `flood`)
 //! netprobe uring OPERATION PATH...     one file change through io_uring (see `uring`)
 //! netprobe held PATH TRIGGER RESULT    changes through a descriptor opened before TRIGGER (see `held`)
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
         Ok(Command::Descriptor(call, path)) => report(change_through_descriptor(call, path)),
         Ok(Command::Flood(plan)) => report_flood(flood::run(&plan)),
         Ok(Command::Openat2(path)) => report(create_with_openat2(&path)),
+        Ok(Command::OpenPath(path)) => report(open_path_only(&path)),
         Ok(Command::File(operation, path)) => report(file_operation(operation, path)),
         Ok(Command::ExecMemfd(program)) => report(exec_memfd(program)),
         Ok(Command::Uring(operation, paths)) => report_uring(&operation, &paths),
@@ -117,6 +119,8 @@ enum Command {
     Flood(flood::Plan),
     /// A file created with `openat2`.
     Openat2(String),
+    /// An `O_PATH` open whose write flag the kernel ignores.
+    OpenPath(String),
     /// One way of changing the file at a path, through a descriptor.
     File(String, String),
     /// Copies a program into a memfd and runs it with `execveat`.
@@ -168,6 +172,7 @@ fn parse(args: &[&str]) -> Result<Command, String> {
         ["fchmod", path] => Ok(Command::Descriptor(DescriptorCall::Fchmod, (*path).to_owned())),
         ["fsetxattr", path] => Ok(Command::Descriptor(DescriptorCall::Fsetxattr, (*path).to_owned())),
         ["openat2", path] => Ok(Command::Openat2((*path).to_owned())),
+        ["open-path", path] => Ok(Command::OpenPath((*path).to_owned())),
         ["flood", rest @ ..] => Ok(Command::Flood(flood::parse(rest, parse_target)?)),
         ["file", operation, path] => Ok(Command::File((*operation).to_owned(), (*path).to_owned())),
         ["exec-memfd", program] => Ok(Command::ExecMemfd((*program).to_owned())),
@@ -249,6 +254,18 @@ fn create_with_openat2(path: &str) -> io::Result<()> {
     }
     // SAFETY: `fd` is a descriptor this call just opened.
     drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+fn open_path_only(path: &str) -> io::Result<()> {
+    let path = std::ffi::CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: the path is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_WRONLY) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor this call just opened.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(())
 }
 
