@@ -193,20 +193,6 @@ pub fn comm(header: &EventHeader) -> Cow<'_, str> {
     String::from_utf8_lossy(&header.comm[..end])
 }
 
-/// Returns the peer of a network record. An IPv4 socket's peer is shown as IPv4;
-/// an IPv6 socket's peer is shown as IPv6, IPv4-mapped addresses included.
-pub fn net_peer(event: &NetEvent) -> Peer {
-    let protocol = match protocol_name(event.protocol) {
-        Some(name) => name.to_owned(),
-        None => event.protocol.to_string(),
-    };
-    Peer {
-        address: peer_address(event),
-        port: event.port,
-        protocol,
-    }
-}
-
 /// Returns the name of an IP protocol that events name rather than number.
 pub fn protocol_name(protocol: u32) -> Option<&'static str> {
     match protocol {
@@ -216,7 +202,8 @@ pub fn protocol_name(protocol: u32) -> Option<&'static str> {
     }
 }
 
-/// Returns the peer address of a network record, as [`net_peer`] shows it.
+/// Returns the peer address of a network record. An IPv4 socket's peer is
+/// shown as IPv4, an IPv6 socket's as IPv6, IPv4-mapped addresses included.
 pub fn peer_address(event: &NetEvent) -> IpAddr {
     let mut octets = [0u8; 16];
     for (chunk, word) in octets.chunks_exact_mut(4).zip(event.addr) {
@@ -346,10 +333,9 @@ mod tests {
             panic!("a connect record decodes as a network record");
         };
         assert_eq!(comm(&event.header), "netprobe");
-        let peer = net_peer(&event);
-        assert_eq!(peer.address, "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(peer.port, 8080);
-        assert_eq!(peer.protocol, "tcp");
+        assert_eq!(peer_address(&event), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(event.port, 8080);
+        assert_eq!(protocol_name(event.protocol), Some("tcp"));
         assert_eq!(rule_index(&event.header), None);
         assert_eq!(exec_path(&event.binary), Some(("////".into(), false)));
     }
@@ -359,7 +345,7 @@ mod tests {
         let mut event = net_record(EventKind::Connect as u32, Verdict::Deny as u32);
         event.family = parapet_common::net::FAMILY_INET6;
         assert_eq!(
-            net_peer(&event).address,
+            peer_address(&event),
             "::ffff:10.1.2.3".parse::<IpAddr>().unwrap()
         );
     }

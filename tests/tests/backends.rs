@@ -39,8 +39,8 @@ async fn chosen_backends_are_reported() -> Result<()> {
     let network = &backends[0];
     assert_eq!(network.0, "network");
     assert!(["lsm", "cgroup-socket"].contains(&network.1.as_str()), "{backends:?}");
-    // The file tracepoints report EROFS on every backend. The agent runs
-    // on without one that failed to load, so the log is what tells.
+    // The file tracepoints report EROFS on every backend. The agent keeps
+    // running without one that failed to load, so only its log shows it.
     let log = agent.log();
     assert!(
         !log.contains("failed to attach a file tracepoint"),
