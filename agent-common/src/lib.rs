@@ -23,6 +23,7 @@ pub mod map_names {
     pub const EXEC_POLICIES: &str = "EXEC_POLICIES";
     pub const EXEC_RULES: &str = "EXEC_RULES";
     pub const FS_POLICIES: &str = "FS_POLICIES";
+    pub const FILE_AUDIT_SLOTS: &str = "FILE_AUDIT_SLOTS";
     pub const READ_ONLY_MOUNTS: &str = "READ_ONLY_MOUNTS";
     pub const READ_ONLY_SUPERBLOCKS: &str = "READ_ONLY_SUPERBLOCKS";
     pub const LSM_BACKENDS: &str = "LSM_BACKENDS";

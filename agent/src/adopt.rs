@@ -22,6 +22,8 @@ pub struct Adopted {
     pub slots: BTreeSet<u32>,
     /// Cgroup entries, by cgroup id.
     pub entries: HashMap<u64, CgroupPolicies>,
+    /// Of those slots, the ones read-only in audit mode; see `Enforcer`.
+    pub audit_slots: HashSet<u32>,
     /// Policy names by slot, to label the counters charged to old slots.
     pub policy_names: Vec<(u32, String)>,
 }
@@ -50,6 +52,19 @@ pub fn read(kernel: &Kernel) -> Adopted {
         adopted.slots.insert(slot);
         adopted.policy_names.push((slot, decode_name(&name)));
     }
+    adopted.audit_slots = adopted
+        .slots
+        .iter()
+        .copied()
+        // A slot that cannot be read counts: a count too high only keeps
+        // the programs reading the registers of successful calls.
+        .filter(|slot| {
+            kernel
+                .fs_policies
+                .get(slot, 0)
+                .map_or(true, |filesystem| crate::enforce::audits_read_only(&filesystem))
+        })
+        .collect();
     info!(
         cgroup_entries = adopted.entries.len(),
         policy_slots = adopted.slots.len(),

@@ -46,6 +46,8 @@ pub struct Entry {
 pub enum EnforceError {
     #[error("no free policy slot: {MAX_POLICY_SLOTS} slots are in use")]
     NoSlot,
+    #[error("failed to write how many policies audit read-only mounts into kernel map FILE_AUDIT_SLOTS")]
+    WriteAuditCount(#[source] aya::maps::MapError),
     #[error("failed to write policy {policy} into kernel slot {slot}")]
     WriteSlot {
         policy: String,
@@ -62,6 +64,10 @@ pub struct Enforcer {
     applied: HashMap<u64, Entry>,
     /// Slots of a replaced policy set still waiting to be released.
     deferred: Vec<u32>,
+    /// Slots whose filesystem part is read-only in audit mode. Their
+    /// number is kept in the kernel's `FILE_AUDIT_SLOTS`: while it is 0,
+    /// the file syscall programs skip every successful call.
+    audit_slots: HashSet<u32>,
     /// Whether `CGROUP_POLICIES` changed since `POLICY_EPOCH` was last
     /// incremented. It starts true, because an agent that stopped between
     /// the two writes may have left the kernel's cache of unpoliced cgroups stale.
@@ -81,6 +87,7 @@ impl Enforcer {
             policies: Vec::new(),
             applied: HashMap::new(),
             deferred: Vec::new(),
+            audit_slots: HashSet::new(),
             epoch_stale: true,
         }
     }
@@ -93,6 +100,7 @@ impl Enforcer {
         let mut enforcer = Self::new();
         enforcer.free_slots.retain(|slot| !adopted.slots.contains(slot));
         enforcer.deferred = adopted.slots.iter().copied().collect();
+        enforcer.audit_slots = adopted.audit_slots.clone();
         for (cgroup_id, policies) in &adopted.entries {
             let entry = Entry {
                 policies: *policies,
@@ -180,6 +188,9 @@ impl Enforcer {
                     source,
                 });
             }
+            if audits_read_only(&filesystem) {
+                self.audit_slots.insert(slot);
+            }
             if let Err(source) = install_exec(kernel, slot, &policy) {
                 return Err(EnforceError::WriteSlot {
                     policy: policy.name.clone(),
@@ -192,6 +203,9 @@ impl Enforcer {
             }
             installed.push(SlottedPolicy { policy, slot });
         }
+        // Written before any cgroup entry refers to the new slots, so that
+        // no audit of theirs is skipped.
+        self.write_audit_count(kernel).map_err(EnforceError::WriteAuditCount)?;
         let old = std::mem::replace(&mut self.policies, installed);
         Ok(old.into_iter().map(|slotted| slotted.slot).collect())
     }
@@ -217,8 +231,11 @@ impl Enforcer {
             if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
             }
-            if let Err(error) = kernel.fs_policies.set(slot, FsPolicy::default(), 0) {
-                warn!(slot, error = %error, "failed to clear a released policy slot");
+            match kernel.fs_policies.set(slot, FsPolicy::default(), 0) {
+                Ok(()) => {
+                    self.audit_slots.remove(&slot);
+                }
+                Err(error) => warn!(slot, error = %error, "failed to clear a released policy slot"),
             }
             if let Err(error) = kernel.exec_policies.set(slot, ExecPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
@@ -234,6 +251,15 @@ impl Enforcer {
             }
             self.free_slots.push_back(slot);
         }
+        // A count left too high only keeps the programs reading the
+        // registers of successful calls.
+        if let Err(error) = self.write_audit_count(kernel) {
+            warn!(error = %error, "failed to lower the count of policies that audit read-only mounts");
+        }
+    }
+
+    fn write_audit_count(&self, kernel: &mut Kernel) -> Result<(), aya::maps::MapError> {
+        kernel.file_audit_slots.set(0, self.audit_slots.len() as u32, 0)
     }
 
     /// Brings the kernel's cgroup entries in line with `desired`: writes new
@@ -508,6 +534,12 @@ pub fn read_only_targets(
         });
     }
     targets
+}
+
+/// Returns whether a slot's filesystem part makes successful mutations
+/// audits.
+pub fn audits_read_only(filesystem: &FsPolicy) -> bool {
+    filesystem.read_only != 0 && filesystem.mode == parapet_common::Mode::Audit as u32
 }
 
 /// Writes a policy's exec section into its slot: the policy header and the

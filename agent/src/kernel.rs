@@ -85,6 +85,9 @@ pub struct Kernel {
     pub exec_policies: Array<MapData, ExecPolicy>,
     pub exec_rules: HashMap<MapData, ExecRuleKey, ExecRuleValue>,
     pub fs_policies: Array<MapData, FsPolicy>,
+    /// How many slots of `fs_policies` hold a read-only policy in audit
+    /// mode, at index 0; see `Enforcer`.
+    pub file_audit_slots: Array<MapData, u32>,
     /// Mounts the LSM file programs keep unchanged, by mount id.
     pub read_only_mounts: HashMap<MapData, u32, ReadOnlyMount>,
     /// Superblocks behind those mounts, per container.
@@ -195,6 +198,7 @@ impl Kernel {
             exec_policies: take_map(&mut ebpf, map_names::EXEC_POLICIES)?,
             exec_rules: take_map(&mut ebpf, map_names::EXEC_RULES)?,
             fs_policies: take_map(&mut ebpf, map_names::FS_POLICIES)?,
+            file_audit_slots: take_map(&mut ebpf, map_names::FILE_AUDIT_SLOTS)?,
             read_only_mounts: take_map(&mut ebpf, map_names::READ_ONLY_MOUNTS)?,
             read_only_superblocks: take_map(&mut ebpf, map_names::READ_ONLY_SUPERBLOCKS)?,
             exe_identity,

@@ -189,6 +189,22 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Reads index 0 of the pinned array map `name`, of the one map layout
+    /// pinned.
+    pub fn pinned_counter(&self, name: &str) -> Result<u32> {
+        let mut layouts = fs::read_dir(self.pin_dir())?
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("maps-"));
+        let layout = layouts.next().context("no pinned maps")?;
+        if let Some(other) = layouts.next() {
+            bail!("more than one map layout is pinned: {:?} and {:?}", layout.path(), other.path());
+        }
+        let path = layout.path().join(name);
+        let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let array = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::Array(data))?;
+        Ok(array.get(&0, 0)?)
+    }
+
     /// Replaces a policy file in place.
     pub fn write_policy(&self, name: &str, yaml: &str) -> Result<()> {
         let path = self.policy_dir.join(name);

@@ -331,6 +331,54 @@ async fn audit_mode_reports_every_mutation() -> Result<()> {
     Ok(())
 }
 
+/// Successful calls are judged only while the pinned `FILE_AUDIT_SLOTS`
+/// count of policies that audit read-only mounts is above 0. An audit policy
+/// that arrives by reload, and one adopted across a restart, must raise it
+/// before its workloads run unreported; removing the policy lowers it.
+#[tokio::test]
+async fn audit_policies_are_counted_across_reloads_and_restarts() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
+    let mut agent = Agent::start(&containerd, &[])?;
+    agent.wait_ready()?;
+    assert_eq!(agent.pinned_counter("FILE_AUDIT_SLOTS")?, 0);
+
+    agent.write_policy("db.yaml", &read_only_policy("audit"))?;
+    agent.wait_enforced(&db.container_id)?;
+    assert_eq!(agent.pinned_counter("FILE_AUDIT_SLOTS")?, 1);
+    assert_eq!(shell(&db, "touch /after-reload").await?.exit_code, 0);
+    agent.wait_for_event(|e| e.verdict == VerdictName::Audit && e.path.as_deref() == Some("/after-reload"))?;
+
+    agent.kill_keeping_pins()?;
+    assert_eq!(shell(&db, "touch /while-down").await?.exit_code, 0);
+    agent.restart(&containerd, &parapet_tests::agent::parapet_bin()?)?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["adopted the kernel state of the previous agent"])?;
+    agent.wait_enforced(&db.container_id)?;
+    // The pinned ring buffer keeps the report of the call made while no
+    // agent ran, and the restarted agent's own slot replaced the adopted one.
+    agent.wait_for_event(|e| e.verdict == VerdictName::Audit && e.path.as_deref() == Some("/while-down"))?;
+    assert_eq!(shell(&db, "touch /after-restart").await?.exit_code, 0);
+    agent.wait_for_event(|e| e.verdict == VerdictName::Audit && e.path.as_deref() == Some("/after-restart"))?;
+    assert_eq!(agent.pinned_counter("FILE_AUDIT_SLOTS")?, 1);
+
+    agent.write_policy("db.yaml", &read_only_policy("enforce"))?;
+    agent.wait_for_log(&["filesystem made read-only", &db.container_id])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.pinned_counter("FILE_AUDIT_SLOTS")? != 0 {
+        assert!(Instant::now() < deadline, "the count of audit policies never went back to 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = shell(&db, "touch /after-enforce").await?;
+    assert!(refused.stderr.contains("Read-only file system"), "{refused:?}");
+    agent.wait_for_event(|e| e.verdict == VerdictName::Deny && e.path.as_deref() == Some("/after-enforce"))?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn mount_namespace_made_before_the_policy_becomes_read_only() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));

@@ -10,8 +10,9 @@
 //!         --rate OPS_PER_SECOND
 //! ```
 //!
-//! It prints one line, `attempts=N refused=N ok=N other=N seconds=S`:
-//! refused calls failed with EPERM (a cgroup socket hook or an LSM hook)
+//! It prints one line, `attempts=N refused=N ok=N other=N seconds=S
+//! cpu_seconds=S`, the last being the CPU time the process spent in the
+//! loop, in user space and in the kernel. Refused calls failed with EPERM (a cgroup socket hook or an LSM hook)
 //! or EROFS (a read-only mount), `ok` calls succeeded, `other` calls
 //! failed otherwise. A connect socket that was not refused is connecting
 //! or connected, so it is replaced by a new one. A file that was opened is
@@ -76,6 +77,14 @@ pub fn parse(args: &[&str], parse_target: impl Fn(&str, &str) -> Result<SocketAd
     Ok(plan)
 }
 
+/// CPU time of this process so far (CLOCK_PROCESS_CPUTIME_ID), in seconds.
+fn cpu_seconds() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a writable timespec; the clock id is valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
 /// Outcomes of a flood.
 #[derive(Default)]
 struct Tally {
@@ -108,6 +117,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
     let limit = plan.seconds.map_or(Duration::MAX, Duration::from_secs_f64);
     let count = plan.count.unwrap_or(u64::MAX);
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     loop {
         let chunk = CHUNK.min(count - tally.attempts());
         for _ in 0..chunk {
@@ -127,9 +137,10 @@ pub fn run(plan: &Plan) -> io::Result<()> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_started;
     attempt.finish();
     println!(
-        "attempts={} refused={} ok={} other={} seconds={seconds:.6}",
+        "attempts={} refused={} ok={} other={} seconds={seconds:.6} cpu_seconds={cpu:.6}",
         tally.attempts(),
         tally.refused,
         tally.ok,

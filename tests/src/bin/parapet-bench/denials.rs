@@ -19,7 +19,7 @@ use parapet_tests::{
 
 use crate::{
     Options,
-    report::{Row, Target},
+    report::{Row, Target, median},
 };
 use follower::Follower;
 
@@ -74,11 +74,22 @@ struct Flood {
     attempts: f64,
     refused: f64,
     seconds: f64,
+    /// CPU time the flooding process had in that time.
+    cpu_seconds: f64,
 }
 
 impl Flood {
     fn per_second(&self) -> f64 {
         self.attempts / self.seconds
+    }
+
+    fn per_cpu_second(&self) -> f64 {
+        self.attempts / self.cpu_seconds
+    }
+
+    /// Share of the wall time the process ran, in percent.
+    fn cpu_share(&self) -> f64 {
+        100.0 * self.cpu_seconds / self.seconds
     }
 }
 
@@ -97,7 +108,12 @@ async fn flood(pod: &Pod, args: &[&str]) -> Result<Flood> {
             .parse()
             .with_context(|| format!("invalid {name} in {line:?}"))
     };
-    Ok(Flood { attempts: field("attempts")?, refused: field("refused")?, seconds: field("seconds")? })
+    Ok(Flood {
+        attempts: field("attempts")?,
+        refused: field("refused")?,
+        seconds: field("seconds")?,
+        cpu_seconds: field("cpu_seconds")?,
+    })
 }
 
 /// The kernel's and `/metrics`' counts of violations, and records lost.
@@ -136,6 +152,10 @@ struct Rows {
     connect_no_agent: Row,
     write_no_agent: Row,
     write_refused_no_agent: Row,
+    write_per_cpu: Row,
+    /// Percent of the wall time each policed flood ran.
+    connect_shares: Vec<f64>,
+    write_shares: Vec<f64>,
     kernel_exact: Row,
     metric_exact: Row,
     lossless: Row,
@@ -156,6 +176,9 @@ impl Rows {
             connect_no_agent: rate("the same connects, no agent", Target::None),
             write_no_agent: rate("the same file opens, no agent", Target::None),
             write_refused_no_agent: rate("refused file opens, no agent", Target::None),
+            write_per_cpu: rate("refused file opens per second of the policed process's CPU time", Target::None),
+            connect_shares: Vec::new(),
+            write_shares: Vec::new(),
             kernel_exact: Row::new(GROUP, "kernel counter off from refusals seen by", "ops", Target::EveryRoundAtMost(0.0)),
             metric_exact: Row::new(GROUP, "parapet_violations_total off from refusals seen by", "ops", Target::EveryRoundAtMost(0.0)),
             lossless: Row::new(GROUP, "highest paced rate tail receives without loss", "events/s", Target::AtLeast(2e5)),
@@ -192,6 +215,15 @@ impl Rows {
         } else if self.write_refused_no_agent.median() < 1e6 {
             write.push_str(", and with no agent one process makes fewer than 1,000,000 of them a second: the syscall itself is the limit");
         }
+        let machine_cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let share = |shares: &[f64]| {
+            format!(
+                "the flooding process ran {:.0}% of the time (median); the agent and tail, busy with its records, ran on the same {machine_cores} cores",
+                median(shares)
+            )
+        };
+        let connect = format!("{connect}; {}", share(&self.connect_shares));
+        let write = format!("{write}; {}", share(&self.write_shares));
         for (row, text) in [(&mut self.connect, connect), (&mut self.write, write)] {
             row.context = if row.context.is_empty() { text } else { format!("{text}; {}", row.context) };
         }
@@ -206,6 +238,7 @@ impl Rows {
             self.write_unpoliced,
             self.write_no_agent,
             self.write_refused_no_agent,
+            self.write_per_cpu,
             self.kernel_exact,
             self.metric_exact,
             self.unaccounted,
@@ -306,6 +339,9 @@ async fn measure_rounds(
         let after = counters(agent).await?;
         rows.connect.values.push(connects.per_second());
         rows.write.values.push(writes.per_second());
+        rows.write_per_cpu.values.push(writes.per_cpu_second());
+        rows.connect_shares.push(connects.cpu_share());
+        rows.write_shares.push(writes.cpu_share());
         if connects.refused != connects.attempts || writes.refused != writes.attempts {
             bail!("some flood calls were not refused: {connects:?} {writes:?}");
         }
