@@ -18,11 +18,15 @@ use crate::kernel::Kernel;
 /// Kernel state an earlier agent left in the maps.
 #[derive(Debug, Default)]
 pub struct Adopted {
-    /// Slots that hold or held a policy: released after the first apply.
+    /// Slots that a cgroup entry or a read-only entry refers to: released
+    /// after the first apply.
     pub slots: BTreeSet<u32>,
+    /// Slots that only a policy name refers to, left by replaced policy
+    /// sets: cleared and freed before the new agent installs its policies.
+    pub unreferenced: BTreeSet<u32>,
     /// Cgroup entries, by cgroup id.
     pub entries: HashMap<u64, CgroupPolicies>,
-    /// Of those slots, the ones read-only in audit mode; see `Enforcer`.
+    /// Of both sets, the slots read-only in audit mode; see `Enforcer`.
     pub audit_slots: HashSet<u32>,
     /// Policy names by slot, to label the counters charged to old slots.
     pub policy_names: Vec<(u32, String)>,
@@ -48,13 +52,19 @@ pub fn read(kernel: &Kernel) -> Adopted {
     adopted
         .slots
         .extend(kernel.read_only_superblocks.iter().flatten().map(|(_, entry)| entry.slot));
+    // Names are never removed, so after many reloads every slot has one.
+    // Named slots nothing else refers to are therefore freed, or a restart
+    // would find no free slot.
     for (slot, name) in kernel.policy_names.iter().flatten() {
-        adopted.slots.insert(slot);
+        if !adopted.slots.contains(&slot) {
+            adopted.unreferenced.insert(slot);
+        }
         adopted.policy_names.push((slot, decode_name(&name)));
     }
     adopted.audit_slots = adopted
         .slots
         .iter()
+        .chain(&adopted.unreferenced)
         .copied()
         // A slot that cannot be read counts: a count too high only keeps
         // the programs reading the registers of successful calls.
@@ -68,6 +78,8 @@ pub fn read(kernel: &Kernel) -> Adopted {
     info!(
         cgroup_entries = adopted.entries.len(),
         policy_slots = adopted.slots.len(),
+        unreferenced_slots = adopted.unreferenced.len(),
+        audit_policy_slots = adopted.audit_slots.len(),
         "adopted the kernel state of the previous agent"
     );
     adopted

@@ -146,7 +146,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             names.set_slot_policy(*slot, name);
         }
         drop(names);
-        Enforcer::adopting(&adopted)
+        let mut enforcer = Enforcer::adopting(&adopted);
+        enforcer.release_slots(&mut kernel, adopted.unreferenced.iter().copied().collect());
+        enforcer
     } else {
         Enforcer::new()
     };

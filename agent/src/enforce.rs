@@ -95,10 +95,14 @@ impl Enforcer {
     /// Starts from the state an earlier agent left in pinned maps: its
     /// slots are not reused before they are released after the first
     /// successful `apply`, and its cgroup entries count as applied, so that
-    /// `apply` rewrites those still wanted and removes the others.
+    /// `apply` rewrites those still wanted and removes the others. Slots
+    /// that nothing refers to are not free either: the caller releases
+    /// them with `release_slots` before it installs policies.
     pub fn adopting(adopted: &crate::adopt::Adopted) -> Self {
         let mut enforcer = Self::new();
-        enforcer.free_slots.retain(|slot| !adopted.slots.contains(slot));
+        enforcer
+            .free_slots
+            .retain(|slot| !adopted.slots.contains(slot) && !adopted.unreferenced.contains(slot));
         enforcer.deferred = adopted.slots.iter().copied().collect();
         enforcer.audit_slots = adopted.audit_slots.clone();
         for (cgroup_id, policies) in &adopted.entries {
@@ -163,6 +167,7 @@ impl Enforcer {
             return Err(EnforceError::NoSlot);
         }
         let mut installed = Vec::with_capacity(policies.len());
+        let mut audits = Vec::new();
         for policy in policies {
             let slot = self.free_slots.pop_front().ok_or(EnforceError::NoSlot)?;
             let value = policy::net_policy(&policy);
@@ -189,7 +194,7 @@ impl Enforcer {
                 });
             }
             if audits_read_only(&filesystem) {
-                self.audit_slots.insert(slot);
+                audits.push(slot);
             }
             if let Err(source) = install_exec(kernel, slot, &policy) {
                 return Err(EnforceError::WriteSlot {
@@ -204,7 +209,9 @@ impl Enforcer {
             installed.push(SlottedPolicy { policy, slot });
         }
         // Written before any cgroup entry refers to the new slots, so that
-        // no audit of theirs is skipped.
+        // no audit of theirs is skipped. The slots of a failed install are
+        // not counted, because no entry ever refers to them.
+        self.audit_slots.extend(audits);
         self.write_audit_count(kernel).map_err(EnforceError::WriteAuditCount)?;
         let old = std::mem::replace(&mut self.policies, installed);
         Ok(old.into_iter().map(|slotted| slotted.slot).collect())

@@ -332,11 +332,12 @@ async fn audit_mode_reports_every_mutation() -> Result<()> {
 }
 
 /// Successful calls are judged only while the pinned `FILE_AUDIT_SLOTS`
-/// count of policies that audit read-only mounts is above 0. An audit policy
-/// that arrives by reload, and one adopted across a restart, must raise it
-/// before its workloads run unreported; removing the policy lowers it.
+/// count of policies that audit read-only mounts is above 0. An audit
+/// policy that a reload adds, and one a restarted agent adopts, must be
+/// counted before its workloads run, or their mutations go unreported.
+/// Replacing the policy lowers the count again.
 #[tokio::test]
-async fn audit_policies_are_counted_across_reloads_and_restarts() -> Result<()> {
+async fn audit_policies_counted_across_restarts() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
     let db = Pod::run(&containerd, "db", "clinic", &[("app", "db")]).await?;
@@ -354,13 +355,14 @@ async fn audit_policies_are_counted_across_reloads_and_restarts() -> Result<()> 
     assert_eq!(shell(&db, "touch /while-down").await?.exit_code, 0);
     agent.restart(&containerd, &parapet_tests::agent::parapet_bin()?)?;
     agent.wait_ready()?;
-    agent.wait_for_log(&["adopted the kernel state of the previous agent"])?;
+    agent.wait_for_log(&["adopted the kernel state of the previous agent", "audit_policy_slots=1"])?;
     agent.wait_enforced(&db.container_id)?;
     // The pinned ring buffer keeps the report of the call made while no
-    // agent ran, and the restarted agent's own slot replaced the adopted one.
+    // agent ran.
     agent.wait_for_event(|e| e.verdict == VerdictName::Audit && e.path.as_deref() == Some("/while-down"))?;
     assert_eq!(shell(&db, "touch /after-restart").await?.exit_code, 0);
     agent.wait_for_event(|e| e.verdict == VerdictName::Audit && e.path.as_deref() == Some("/after-restart"))?;
+    // The restarted agent's own slot replaced the adopted one.
     assert_eq!(agent.pinned_counter("FILE_AUDIT_SLOTS")?, 1);
 
     agent.write_policy("db.yaml", &read_only_policy("enforce"))?;

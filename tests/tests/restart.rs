@@ -274,3 +274,59 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     containerd.cleanup().await?;
     Ok(())
 }
+
+/// A policy that selects no pod, numbered so that each file differs.
+fn idle_policy(index: usize, version: usize) -> String {
+    format!(
+        "apiVersion: parapet.dev/v1alpha1
+kind: RuntimePolicy
+metadata:
+  name: idle-{index}
+spec:
+  selector:
+    namespace: nobody-{index}-{version}
+  mode: enforce
+  network:
+    egress: []
+"
+    )
+}
+
+/// Every reload takes fresh slots and names them for a later agent, so
+/// after 1,024 slots' worth of reloads every slot has a name. A restarted
+/// agent must still find free slots: those that only a name refers to.
+#[tokio::test]
+async fn restart_after_many_reloads_finds_free_slots() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    const POLICIES: usize = 100;
+    const RELOADS: usize = 11;
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let files: Vec<(String, String)> =
+        (0..POLICIES).map(|index| (format!("idle-{index}.yaml"), idle_policy(index, 0))).collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(name, yaml)| (name.as_str(), yaml.as_str())).collect();
+    let mut agent = Agent::start(&containerd, &files)?;
+    agent.wait_ready()?;
+    for version in 1..=RELOADS {
+        agent.write_policy("idle-0.yaml", &idle_policy(0, version))?;
+        let started = std::time::Instant::now();
+        while agent.log().matches("policy set reloaded").count() < version {
+            assert!(started.elapsed() < parapet_tests::agent::wait_limit(), "reload {version} never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!("slots named so far: {}", POLICIES * (RELOADS + 1));
+
+    agent.kill_keeping_pins()?;
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["adopted the kernel state of the previous agent"])?;
+    let adopted = agent.log().lines().find(|line| line.contains("adopted the kernel state")).unwrap_or_default().to_owned();
+    println!("{adopted}");
+    assert!(!adopted.contains("unreferenced_slots=0"), "{adopted}");
+    agent.write_policy("idle-0.yaml", &idle_policy(0, RELOADS + 1))?;
+    agent.wait_for_log(&["policy set reloaded"])?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
