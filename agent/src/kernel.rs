@@ -85,7 +85,7 @@ pub struct Kernel {
     pub exec_policies: Array<MapData, ExecPolicy>,
     pub exec_rules: HashMap<MapData, ExecRuleKey, ExecRuleValue>,
     pub fs_policies: Array<MapData, FsPolicy>,
-    /// How many slots of `fs_policies` hold a read-only policy in audit
+    /// How many slots of `fs_policies` contain a read-only policy in audit
     /// mode, at index 0; see `Enforcer`.
     pub file_audit_slots: Array<MapData, u32>,
     /// Mounts the LSM file programs keep unchanged, by mount id.

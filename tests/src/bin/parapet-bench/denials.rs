@@ -19,6 +19,7 @@ use parapet_tests::{
 
 use crate::{
     Options,
+    proc_usage,
     report::{Row, Target, median},
 };
 use follower::Follower;
@@ -116,6 +117,12 @@ async fn flood(pod: &Pod, args: &[&str]) -> Result<Flood> {
     })
 }
 
+/// CPU time the agent and `parapet tail` have used so far, in seconds.
+fn readers_cpu(agent: &Agent, follower: &Follower) -> Result<f64> {
+    let agent_pid = agent.pid().context("the agent is not running")?;
+    Ok(proc_usage::cpu_seconds(agent_pid)? + proc_usage::cpu_seconds(follower.pid())?)
+}
+
 /// The kernel's and `/metrics`' counts of violations, and records lost.
 #[derive(Debug, Clone, Copy)]
 struct Counters {
@@ -153,9 +160,10 @@ struct Rows {
     write_no_agent: Row,
     write_refused_no_agent: Row,
     write_per_cpu: Row,
-    /// Percent of the wall time each policed flood ran.
-    connect_shares: Vec<f64>,
-    write_shares: Vec<f64>,
+    /// Percent of the wall time each policed flood ran, and the CPU time
+    /// the agent and tail used meanwhile, in percent of one core.
+    connect_shares: Vec<(f64, f64)>,
+    write_shares: Vec<(f64, f64)>,
     kernel_exact: Row,
     metric_exact: Row,
     lossless: Row,
@@ -215,11 +223,13 @@ impl Rows {
         } else if self.write_refused_no_agent.median() < 1e6 {
             write.push_str(", and with no agent one process makes fewer than 1,000,000 of them a second: the syscall itself is the limit");
         }
-        let machine_cores = std::thread::available_parallelism().map_or(0, usize::from);
-        let share = |shares: &[f64]| {
+        let share = |shares: &[(f64, f64)]| {
+            let flood: Vec<f64> = shares.iter().map(|(flood, _)| *flood).collect();
+            let readers: Vec<f64> = shares.iter().map(|(_, readers)| *readers).collect();
             format!(
-                "the flooding process ran {:.0}% of the time (median); the agent and tail, busy with its records, ran on the same {machine_cores} cores",
-                median(shares)
+                "the flooding process ran {:.0}% of the time while the agent and tail, reading its records, used {:.0}% of one core (medians)",
+                median(&flood),
+                median(&readers)
             )
         };
         let connect = format!("{connect}; {}", share(&self.connect_shares));
@@ -333,15 +343,19 @@ async fn measure_rounds(
 
         let before = counters(agent).await?;
         let seen = follower.seen();
+        let readers_before = readers_cpu(agent, follower)?;
         let connects = flood(client, &connect).await?;
+        let readers_between = readers_cpu(agent, follower)?;
         let after_connects = counters(agent).await?;
         let writes = flood(client, &write).await?;
+        let readers_after = readers_cpu(agent, follower)?;
         let after = counters(agent).await?;
         rows.connect.values.push(connects.per_second());
         rows.write.values.push(writes.per_second());
         rows.write_per_cpu.values.push(writes.per_cpu_second());
-        rows.connect_shares.push(connects.cpu_share());
-        rows.write_shares.push(writes.cpu_share());
+        let readers_share = |cpu: f64, flood: &Flood| 100.0 * cpu / flood.seconds;
+        rows.connect_shares.push((connects.cpu_share(), readers_share(readers_between - readers_before, &connects)));
+        rows.write_shares.push((writes.cpu_share(), readers_share(readers_after - readers_between, &writes)));
         if connects.refused != connects.attempts || writes.refused != writes.attempts {
             bail!("some flood calls were not refused: {connects:?} {writes:?}");
         }

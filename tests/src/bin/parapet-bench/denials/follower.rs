@@ -127,6 +127,10 @@ impl Follower {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the client by its pid and waits for its output to be read.
     pub fn stop(mut self) {
         let _ = self.child.kill();
