@@ -275,7 +275,7 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     Ok(())
 }
 
-/// A policy that selects no pod, numbered so that each file differs.
+/// Returns a policy that selects no pod, numbered so that each file differs.
 fn idle_policy(index: usize, version: usize) -> String {
     format!(
         "apiVersion: parapet.dev/v1alpha1
@@ -325,6 +325,33 @@ async fn restart_after_many_reloads_finds_free_slots() -> Result<()> {
     assert!(!adopted.contains("unreferenced_slots=0"), "{adopted}");
     agent.write_policy("idle-0.yaml", &idle_policy(0, RELOADS + 1))?;
     agent.wait_for_log(&["policy set reloaded"])?;
+
+    agent.stop()?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+/// Maps of the agent's layout next to another layout's are left by a start
+/// that never became active, such as an upgrade stopped before its first
+/// pass over the workloads. A later start must not adopt them: it loads
+/// fresh maps and acts only once its first pass filled them.
+#[tokio::test]
+async fn maps_of_unfinished_start_not_adopted() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let mut agent = Agent::start(&containerd, &[("idle-0.yaml", &idle_policy(0, 0))])?;
+    agent.wait_ready()?;
+    agent.stop_keeping_pins()?;
+    let other_layout = agent.pin_dir().join("maps-00000000000000000000000000000000");
+    fs::create_dir(&other_layout)?;
+
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_ready()?;
+    agent.wait_for_log(&["removing the maps of a start that never became active"])?;
+    agent.wait_for_log(&["this agent's kernel programs are now the active generation"])?;
+    let log = agent.log();
+    assert!(!log.contains("adopted the kernel state"), "{log}");
+    assert!(!other_layout.exists(), "activation must remove the maps of the other layout");
 
     agent.stop()?;
     containerd.cleanup().await?;
