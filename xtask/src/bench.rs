@@ -33,6 +33,12 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     if options.publish && options.quick {
         anyhow::bail!("--publish needs the full counts; run it without --quick");
     }
+    let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    if options.publish && !matches!(stats.trim(), "" | "0") {
+        bail!(
+            "--publish: kernel.bpf_stats_enabled is on, so the kernel times every BPF program run and the agent's figures would include that cost; turn it off with `sysctl kernel.bpf_stats_enabled=0` and run again"
+        );
+    }
     let agent = build_release()?;
     let root = workspace_root();
     let out = root.join("target/bench");

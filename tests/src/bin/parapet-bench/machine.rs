@@ -6,6 +6,14 @@ use anyhow::{Context as _, Result};
 
 use crate::report::Machine;
 
+/// Path of the `kernel.bpf_stats_enabled` sysctl.
+pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Returns whether the kernel times every BPF program run.
+pub fn bpf_stats_enabled() -> bool {
+    fs::read_to_string(BPF_STATS).is_ok_and(|value| value.trim() != "0")
+}
+
 pub fn describe(rounds: usize, quick: bool) -> Result<Machine> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
     let cpu = cpuinfo
@@ -34,5 +42,6 @@ pub fn describe(rounds: usize, quick: bool) -> Result<Machine> {
         memory_gib: memory_kib / (1024.0 * 1024.0),
         rounds,
         quick,
+        bpf_stats: bpf_stats_enabled(),
     })
 }

@@ -94,6 +94,10 @@ pub struct Machine {
     /// Whether this was a `--quick` run, whose groups use small counts and
     /// one to three rounds whatever the value of `rounds`.
     pub quick: bool,
+    /// Whether `kernel.bpf_stats_enabled` was on: the kernel then reads the
+    /// clock twice around every BPF program run, which adds to the agent's
+    /// figures.
+    pub bpf_stats: bool,
 }
 
 fn figure(value: f64, unit: &str) -> String {
@@ -139,6 +143,9 @@ pub fn markdown(machine: &Machine, rows: &[Row]) -> String {
         "Measured {} on `{}`: {}, {} cores, {:.0} GiB, Linux {}; {rounds}. The syscalls, denials and reaction groups alternate with and without the agent; agent cost measures the agent alone.\n",
         machine.date, machine.host, machine.cpu, machine.cores, machine.memory_gib, machine.kernel
     );
+    if machine.bpf_stats {
+        text.push_str("**kernel.bpf_stats_enabled was 1**: the kernel timed every BPF program run, so the figures with the agent include that cost.\n\n");
+    }
     text.push_str("| Group | Measurement | Unit | Min | Median | Max | Target | Result | Context |\n");
     text.push_str("|---|---|---|---:|---:|---:|---|---|---|\n");
     for row in rows {
@@ -193,6 +200,7 @@ pub fn json(machine: &Machine, rows: &[Row]) -> Value {
         "memory_gib": machine.memory_gib,
         "rounds": machine.rounds,
         "quick": machine.quick,
+        "bpf_stats": machine.bpf_stats,
         "rows": rows,
     })
 }
