@@ -36,6 +36,8 @@ pub struct Adopted {
 /// refer to, and the slot names.
 pub fn read(kernel: &Kernel) -> Adopted {
     let mut adopted = Adopted::default();
+    // Whether every entry that can refer to a slot was read.
+    let mut complete = true;
     for item in kernel.cgroup_policies.iter() {
         match item {
             Ok((cgroup_id, policies)) => {
@@ -43,21 +45,45 @@ pub fn read(kernel: &Kernel) -> Adopted {
                 adopted.slots.extend(&policies.slots[..count]);
                 adopted.entries.insert(cgroup_id, policies);
             }
-            Err(error) => warn!(error = %error, "failed to read a pinned cgroup entry"),
+            Err(error) => {
+                complete = false;
+                warn!(error = %error, "failed to read a pinned cgroup entry");
+            }
         }
     }
-    adopted
-        .slots
-        .extend(kernel.read_only_mounts.iter().flatten().map(|(_, entry)| entry.slot));
-    adopted
-        .slots
-        .extend(kernel.read_only_superblocks.iter().flatten().map(|(_, entry)| entry.slot));
+    for item in kernel.read_only_mounts.iter() {
+        match item {
+            Ok((_, entry)) => {
+                adopted.slots.insert(entry.slot);
+            }
+            Err(error) => {
+                complete = false;
+                warn!(error = %error, "failed to read a pinned read-only mount entry");
+            }
+        }
+    }
+    for item in kernel.read_only_superblocks.iter() {
+        match item {
+            Ok((_, entry)) => {
+                adopted.slots.insert(entry.slot);
+            }
+            Err(error) => {
+                complete = false;
+                warn!(error = %error, "failed to read a pinned read-only superblock entry");
+            }
+        }
+    }
     // Names are never removed, so after many reloads every slot has one.
     // Named slots nothing else refers to are therefore freed, or a restart
-    // would find no free slot.
+    // would find no free slot. After a failed read, an entry may still
+    // refer to any of them, so they all stay reserved instead.
     for (slot, name) in kernel.policy_names.iter().flatten() {
-        if !adopted.slots.contains(&slot) {
-            adopted.unreferenced.insert(slot);
+        if complete {
+            if !adopted.slots.contains(&slot) {
+                adopted.unreferenced.insert(slot);
+            }
+        } else {
+            adopted.slots.insert(slot);
         }
         adopted.policy_names.push((slot, decode_name(&name)));
     }
@@ -79,7 +105,7 @@ pub fn read(kernel: &Kernel) -> Adopted {
         cgroup_entries = adopted.entries.len(),
         policy_slots = adopted.slots.len(),
         unreferenced_slots = adopted.unreferenced.len(),
-        audit_policy_slots = adopted.audit_slots.len(),
+        audit_policy_slots = adopted.audit_slots.iter().filter(|slot| adopted.slots.contains(slot)).count(),
         "adopted the kernel state of the previous agent"
     );
     adopted

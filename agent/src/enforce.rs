@@ -211,8 +211,12 @@ impl Enforcer {
         // Written before any cgroup entry refers to the new slots, so that
         // no audit of theirs is skipped. The slots of a failed install are
         // not counted, because no entry ever refers to them.
+        let count = self.audit_slots.len() + audits.len();
+        kernel
+            .file_audit_slots
+            .set(0, count as u32, 0)
+            .map_err(EnforceError::WriteAuditCount)?;
         self.audit_slots.extend(audits);
-        self.write_audit_count(kernel).map_err(EnforceError::WriteAuditCount)?;
         let old = std::mem::replace(&mut self.policies, installed);
         Ok(old.into_iter().map(|slotted| slotted.slot).collect())
     }
@@ -230,11 +234,10 @@ impl Enforcer {
                 entry.policies.slots[..count].iter().copied()
             })
             .collect();
-        for slot in slots {
-            if referenced.contains(&slot) {
-                self.deferred.push(slot);
-                continue;
-            }
+        let (still_referenced, released): (Vec<u32>, Vec<u32>) =
+            slots.into_iter().partition(|slot| referenced.contains(slot));
+        self.deferred.extend(still_referenced);
+        for &slot in &released {
             if let Err(error) = kernel.net_policies.set(slot, NetPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
             }
@@ -247,16 +250,38 @@ impl Enforcer {
             if let Err(error) = kernel.exec_policies.set(slot, ExecPolicy::default(), 0) {
                 warn!(slot, error = %error, "failed to clear a released policy slot");
             }
-            let keys: Vec<ExecRuleKey> = kernel
-                .exec_rules
-                .keys()
-                .flatten()
-                .filter(|key| key.slot == slot)
-                .collect();
-            for key in keys {
-                let _ = kernel.exec_rules.remove(&key);
+        }
+        // One pass over the exec rules serves every released slot. A pass
+        // per slot reads every rule again for each one, a million reads
+        // for 1,000 slots and 1,000 rules.
+        let released_set: HashSet<u32> = released.iter().copied().collect();
+        let mut keys = Vec::new();
+        let mut keys_unread = false;
+        for key in kernel.exec_rules.keys() {
+            match key {
+                Ok(key) if released_set.contains(&key.slot) => keys.push(key),
+                Ok(_) => {}
+                Err(error) => {
+                    keys_unread = true;
+                    warn!(error = %error, "failed to list the exec rules of released policy slots");
+                }
             }
-            self.free_slots.push_back(slot);
+        }
+        let mut rules_left = HashSet::new();
+        for key in keys {
+            if let Err(error) = kernel.exec_rules.remove(&key) {
+                warn!(slot = key.slot, error = %error, "failed to remove an exec rule of a released policy slot");
+                rules_left.insert(key.slot);
+            }
+        }
+        for slot in released {
+            // A policy written into a slot with rules left over would
+            // inherit them, so such a slot waits for a later release.
+            if keys_unread || rules_left.contains(&slot) {
+                self.deferred.push(slot);
+            } else {
+                self.free_slots.push_back(slot);
+            }
         }
         // A count left too high only keeps the programs reading the
         // registers of successful calls.

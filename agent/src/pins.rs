@@ -162,18 +162,7 @@ impl Pins {
         let lock = lock(dir)?;
         let (map_names, layout) = pinned_maps(object)?;
         let maps_dir = dir.join(format!("maps-{layout}"));
-        let mut maps_adopted = maps_dir.is_dir();
-        // Activation removes the maps of every other layout. Maps of this
-        // layout next to another layout's are therefore those of a start
-        // that never became active, and may lack entries.
-        let other_layout = fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
-            entry.file_name().to_string_lossy().starts_with("maps-") && entry.path() != maps_dir
-        });
-        if maps_adopted && other_layout {
-            warn!(path = %maps_dir.display(), "removing the maps of a start that never became active");
-            fs::remove_dir_all(&maps_dir).map_err(io_error("removing", &maps_dir))?;
-            maps_adopted = false;
-        }
+        let maps_adopted = maps_dir.is_dir();
         fs::create_dir_all(&maps_dir).map_err(io_error("creating", &maps_dir))?;
         let gate_path = dir.join(ACTIVE_GENERATION_PIN);
         let previous = read_active_generation(dir, &gate_path)?;

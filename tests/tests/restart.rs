@@ -295,17 +295,27 @@ spec:
 /// Every reload takes fresh slots and names them for a later agent, so
 /// after 1,024 slots' worth of reloads every slot has a name. A restarted
 /// agent must still find free slots: those that only a name refers to.
+/// The slot of a policed pod's entry must stay in force meanwhile.
 #[tokio::test]
 async fn restart_after_many_reloads_finds_free_slots() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     const POLICIES: usize = 100;
     const RELOADS: usize = 11;
     let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
-    let files: Vec<(String, String)> =
-        (0..POLICIES).map(|index| (format!("idle-{index}.yaml"), idle_policy(index, 0))).collect();
+    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let command = attacker_command(&server.ip.to_string());
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let client = Pod::run_command(&containerd, "attacker", "clinic", &[("app", "records")], &command).await?;
+    let mut files: Vec<(String, String)> =
+        (1..POLICIES).map(|index| (format!("idle-{index}.yaml"), idle_policy(index, 0))).collect();
+    files.push(("records.yaml".to_owned(), policy(server.ip)));
+    files.push(("idle-0.yaml".to_owned(), idle_policy(0, 0)));
     let files: Vec<(&str, &str)> = files.iter().map(|(name, yaml)| (name.as_str(), yaml.as_str())).collect();
     let mut agent = Agent::start(&containerd, &files)?;
     agent.wait_ready()?;
+    agent.wait_enforced(&client.container_id)?;
+    let log = container_log(&containerd, &client)?;
+    let enforced_from = wait_for_refusals(&log, 0).await?;
     for version in 1..=RELOADS {
         agent.write_policy("idle-0.yaml", &idle_policy(0, version))?;
         let started = std::time::Instant::now();
@@ -323,35 +333,13 @@ async fn restart_after_many_reloads_finds_free_slots() -> Result<()> {
     let adopted = agent.log().lines().find(|line| line.contains("adopted the kernel state")).unwrap_or_default().to_owned();
     println!("{adopted}");
     assert!(!adopted.contains("unreferenced_slots=0"), "{adopted}");
+    wait_for_refusals(&log, outcomes(&log, 0)?.1).await?;
+    let (total, _) = outcomes(&log, enforced_from)?;
+    println!("attempts since enforcement began: {total:?}");
+    assert_eq!(total.connects_through, 0, "a refused connect got through: {total:?}");
+    assert_eq!(total.writes_through, 0, "a write to the read-only root got through: {total:?}");
     agent.write_policy("idle-0.yaml", &idle_policy(0, RELOADS + 1))?;
     agent.wait_for_log(&["policy set reloaded"])?;
-
-    agent.stop()?;
-    containerd.cleanup().await?;
-    Ok(())
-}
-
-/// Maps of the agent's layout next to another layout's are left by a start
-/// that never became active, such as an upgrade stopped before its first
-/// pass over the workloads. A later start must not adopt them: it loads
-/// fresh maps and acts only once its first pass filled them.
-#[tokio::test]
-async fn maps_of_unfinished_start_not_adopted() -> Result<()> {
-    parapet_tests::skip_unless_testbed!(Ok(()));
-    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
-    let mut agent = Agent::start(&containerd, &[("idle-0.yaml", &idle_policy(0, 0))])?;
-    agent.wait_ready()?;
-    agent.stop_keeping_pins()?;
-    let other_layout = agent.pin_dir().join("maps-00000000000000000000000000000000");
-    fs::create_dir(&other_layout)?;
-
-    agent.restart(&containerd, &parapet_bin()?)?;
-    agent.wait_ready()?;
-    agent.wait_for_log(&["removing the maps of a start that never became active"])?;
-    agent.wait_for_log(&["this agent's kernel programs are now the active generation"])?;
-    let log = agent.log();
-    assert!(!log.contains("adopted the kernel state"), "{log}");
-    assert!(!other_layout.exists(), "activation must remove the maps of the other layout");
 
     agent.stop()?;
     containerd.cleanup().await?;
