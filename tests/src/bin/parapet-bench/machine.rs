@@ -10,6 +10,9 @@ use crate::report::Machine;
 pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Returns whether the kernel times every BPF program run.
+/// NOTE: only the sysctl is read. A tool that turned the timing on with the
+/// `BPF_ENABLE_STATS` command of bpf(2) leaves the sysctl at 0, and is not
+/// detected.
 pub fn bpf_stats_enabled() -> bool {
     fs::read_to_string(BPF_STATS).is_ok_and(|value| value.trim() != "0")
 }
