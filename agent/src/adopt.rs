@@ -51,25 +51,22 @@ pub fn read(kernel: &Kernel) -> Adopted {
             }
         }
     }
-    for item in kernel.read_only_mounts.iter() {
+    let mount_slots = kernel
+        .read_only_mounts
+        .iter()
+        .map(|item| ("mount", item.map(|(_, entry)| entry.slot)));
+    let superblock_slots = kernel
+        .read_only_superblocks
+        .iter()
+        .map(|item| ("superblock", item.map(|(_, entry)| entry.slot)));
+    for (kind, item) in mount_slots.chain(superblock_slots) {
         match item {
-            Ok((_, entry)) => {
-                adopted.slots.insert(entry.slot);
+            Ok(slot) => {
+                adopted.slots.insert(slot);
             }
             Err(error) => {
                 complete = false;
-                warn!(error = %error, "failed to read a pinned read-only mount entry");
-            }
-        }
-    }
-    for item in kernel.read_only_superblocks.iter() {
-        match item {
-            Ok((_, entry)) => {
-                adopted.slots.insert(entry.slot);
-            }
-            Err(error) => {
-                complete = false;
-                warn!(error = %error, "failed to read a pinned read-only superblock entry");
+                warn!(kind, error = %error, "failed to read a pinned read-only entry");
             }
         }
     }

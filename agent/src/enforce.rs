@@ -257,13 +257,15 @@ impl Enforcer {
         let released_set: HashSet<u32> = released.iter().copied().collect();
         let mut keys = Vec::new();
         let mut keys_unread = false;
-        for key in kernel.exec_rules.keys() {
-            match key {
-                Ok(key) if released_set.contains(&key.slot) => keys.push(key),
-                Ok(_) => {}
-                Err(error) => {
-                    keys_unread = true;
-                    warn!(error = %error, "failed to list the exec rules of released policy slots");
+        if !released.is_empty() {
+            for key in kernel.exec_rules.keys() {
+                match key {
+                    Ok(key) if released_set.contains(&key.slot) => keys.push(key),
+                    Ok(_) => {}
+                    Err(error) => {
+                        keys_unread = true;
+                        warn!(error = %error, "failed to list the exec rules of released policy slots");
+                    }
                 }
             }
         }

@@ -14,9 +14,10 @@
 //! cpu_seconds=S`, the last being the CPU time the process spent in the
 //! loop, in user space and in the kernel. Refused calls failed with EPERM
 //! (a cgroup socket hook or an LSM hook) or EROFS (a read-only mount),
-//! `ok` calls succeeded, `other` calls failed otherwise. A connect socket that was not refused is connecting
-//! or connected, so it is replaced by a new one. A file that was opened is
-//! closed. The same calls can therefore run without any policy.
+//! `ok` calls succeeded, `other` calls failed otherwise. A connect socket
+//! that was not refused is connecting or connected, so it is replaced by
+//! a new one. A file that was opened is closed. The same calls can
+//! therefore run without any policy.
 
 use std::{
     ffi::CString,
