@@ -14,8 +14,14 @@
 //! next to the pinned ones, and then makes its generation the active one
 //! (see [`Pins::activate`]). Only then are the older links unpinned, which
 //! detaches their programs.
+//!
+//! A starting agent shares the maps of its layout only when the active
+//! generation's programs use them. Otherwise they were left by a start that
+//! never became active or by a generation since replaced, and they are
+//! replaced with new ones.
 
 use std::{
+    collections::HashSet,
     fs::{self, File},
     io,
     os::fd::AsRawFd as _,
@@ -23,8 +29,8 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, Map, MapData},
-    programs::links::FdLink,
+    maps::{Array, Map, MapData, MapInfo},
+    programs::links::{FdLink, PinnedLink},
 };
 use parapet_common::map_names;
 use sha2::Digest as _;
@@ -139,14 +145,17 @@ pub struct Pins {
     pub generation: u32,
     /// The generation that was active when the agent started, if any.
     pub previous: Option<u32>,
-    /// Whether the maps of an earlier run with the same layout were
-    /// found, so that the new programs share them.
+    /// Whether the maps of an earlier run with the same layout were found,
+    /// and used by the active generation if there is one, so that the new
+    /// programs share them.
     pub maps_adopted: bool,
 }
 
 impl Pins {
-    /// Opens `dir` (creating it), locks it, and removes the links of
-    /// generations that never became active: a start that failed midway.
+    /// Opens `dir` (creating it) and locks it. Removes the links of
+    /// generations that never became active (a start that failed midway),
+    /// and the maps of this layout if an active generation does not use
+    /// them.
     pub fn open(dir: &Path, object: &[u8]) -> Result<Self, PinError> {
         let io_error = |action, path: &Path| {
             let dir = dir.to_owned();
@@ -162,10 +171,31 @@ impl Pins {
         let lock = lock(dir)?;
         let (map_names, layout) = pinned_maps(object)?;
         let maps_dir = dir.join(format!("maps-{layout}"));
-        let maps_adopted = maps_dir.is_dir();
-        fs::create_dir_all(&maps_dir).map_err(io_error("creating", &maps_dir))?;
         let gate_path = dir.join(ACTIVE_GENERATION_PIN);
         let previous = read_active_generation(dir, &gate_path)?;
+        let mut maps_adopted = maps_dir.is_dir();
+        if maps_adopted && let Some(active) = previous {
+            // Maps that the active programs do not use may lack cgroup
+            // entries (an upgrade that crashed before its first pass left
+            // them), so adopting them would make this start act at once with
+            // gaps. New maps make it wait for its first pass instead.
+            let stale = match maps_used_by(&dir.join(format!("links-{active}")), &maps_dir) {
+                Ok(true) => false,
+                Ok(false) => {
+                    warn!(path = %maps_dir.display(), generation = active, "the active generation's programs do not use the maps pinned for this layout; removing them and starting with new maps");
+                    true
+                }
+                Err(reason) => {
+                    warn!(path = %maps_dir.display(), generation = active, reason = %reason, "failed to check whether the active generation uses the maps pinned for this layout; removing them and starting with new maps");
+                    true
+                }
+            };
+            if stale {
+                fs::remove_dir_all(&maps_dir).map_err(io_error("removing", &maps_dir))?;
+                maps_adopted = false;
+            }
+        }
+        fs::create_dir_all(&maps_dir).map_err(io_error("creating", &maps_dir))?;
         let generation = previous.unwrap_or(0).wrapping_add(1).max(1);
         for (path, link_generation) in link_dirs(dir) {
             if Some(link_generation) != previous {
@@ -335,6 +365,55 @@ fn read_active_generation(dir: &Path, path: &Path) -> Result<Option<u32>, PinErr
     let gate: Array<MapData, u32> = Array::try_from(Map::Array(data)).map_err(|e| error(e.to_string()))?;
     let active = gate.get(&0, 0).map_err(|e| error(e.to_string()))?;
     Ok((active != 0).then_some(active))
+}
+
+/// Returns whether a program behind a link pinned in `links_dir` uses a map
+/// pinned in `maps_dir`. Fails when a pin in either folder, or one of those
+/// programs, cannot be read.
+fn maps_used_by(links_dir: &Path, maps_dir: &Path) -> Result<bool, String> {
+    let entries = |folder: &Path| -> Result<Vec<PathBuf>, String> {
+        let listing = fs::read_dir(folder).map_err(|e| format!("reading {}: {e}", folder.display()))?;
+        listing
+            .map(|entry| entry.map(|entry| entry.path()).map_err(|e| format!("reading {}: {e}", folder.display())))
+            .collect()
+    };
+    let mut map_ids = HashSet::new();
+    for path in entries(maps_dir)? {
+        let info = MapInfo::from_pin(&path).map_err(|e| format!("reading the map {}: {e}", path.display()))?;
+        map_ids.insert(info.id());
+    }
+    let mut program_ids = HashSet::new();
+    for path in entries(links_dir)? {
+        let link = PinnedLink::from_pin(&path).map_err(|e| format!("opening the link {}: {e}", path.display()))?;
+        let info = FdLink::from(link)
+            .info()
+            .map_err(|e| format!("reading the link {}: {e}", path.display()))?;
+        program_ids.insert(info.program_id());
+    }
+    // Reading a program that unloaded meanwhile fails. Programs behind
+    // pinned links cannot unload, so such a failure counts only when no
+    // program was found using the maps.
+    let mut failure = None;
+    for program in aya::programs::loaded_programs() {
+        let program = match program {
+            Ok(program) => program,
+            Err(error) => {
+                failure.get_or_insert_with(|| format!("listing the loaded programs: {error}"));
+                continue;
+            }
+        };
+        if !program_ids.contains(&program.id()) {
+            continue;
+        }
+        let ids = program
+            .map_ids()
+            .map_err(|e| format!("reading the maps of program {}: {e}", program.id()))?
+            .ok_or_else(|| "the kernel does not list the maps of a program".to_owned())?;
+        if ids.iter().any(|id| map_ids.contains(id)) {
+            return Ok(true);
+        }
+    }
+    failure.map_or(Ok(false), Err)
 }
 
 /// Returns the `links-<generation>` folders under `dir`.

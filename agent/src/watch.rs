@@ -93,21 +93,28 @@ impl PolicyWatcher {
         let started = Instant::now();
         // The poll is the fallback: a change inotify saw is loaded once its
         // events settle.
-        if trigger == Trigger::Poll
-            && self
-                .events
-                .as_ref()
-                .is_some_and(|events| events.is_pending())
-        {
+        if trigger == Trigger::Poll && self.inotify_pending() {
             return None;
         }
-        let burst = self.events.as_ref().and_then(|events| events.take());
+        // A poll never takes a burst: the look for settled events does.
+        let burst = match trigger {
+            Trigger::Poll => None,
+            Trigger::Events | Trigger::Signal => {
+                self.events.as_ref().and_then(|events| events.take())
+            }
+        };
         let noticed = burst.map_or(started, |burst| burst.first);
         let first = self.read();
         if trigger != Trigger::Signal && self.fingerprint == Some(first.0) {
             return None;
         }
         tokio::time::sleep(RECHECK).await;
+        // A poll that comes right after a change can find it before the
+        // watcher thread has recorded its events. Events recorded by the end
+        // of the recheck load it instead. Later ones find it loaded.
+        if trigger == Trigger::Poll && self.inotify_pending() {
+            return None;
+        }
         let (second, files) = self.read();
         if second != first.0 {
             // The next event, or the next poll, looks again.
@@ -120,6 +127,13 @@ impl PolicyWatcher {
             Err(error) => Err(vec![error]),
         };
         Some(Reload { result, noticed })
+    }
+
+    /// Returns whether inotify saw events that no look has taken yet.
+    fn inotify_pending(&self) -> bool {
+        self.events
+            .as_ref()
+            .is_some_and(|events| events.is_pending())
     }
 
     fn read(&self) -> (u64, Result<Vec<FileContents>, PolicyError>) {

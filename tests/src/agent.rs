@@ -140,6 +140,12 @@ impl Agent {
         self.spawn(containerd, binary)
     }
 
+    /// Makes the next [`Agent::restart`] ask `cri_socket` for pods and
+    /// containers.
+    pub fn use_cri_socket(&mut self, cri_socket: &Path) {
+        self.cri_socket = cri_socket.to_owned();
+    }
+
     /// Ends the agent with SIGKILL, as a crash would, and leaves its pinned
     /// kernel objects in place.
     pub fn kill_keeping_pins(&mut self) -> Result<()> {

@@ -18,8 +18,16 @@ use crate::image;
 use crate::network::{self, BridgeNetwork, CNI_BIN_DIR};
 use crate::teardown::Teardown;
 
-/// Deadline of the harness's CRI calls, pod start included.
+/// Deadline of the harness's CRI calls, pod start included, unless
+/// [`cri_timeout`] raises it.
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Returns the deadline of the harness's CRI calls: [`CRI_TIMEOUT`], or
+/// half of a raised [`crate::agent::wait_limit`]. In the 6.1 guest under
+/// emulation, one `RunPodSandbox` took longer than 30 s.
+pub fn cri_timeout() -> Duration {
+    CRI_TIMEOUT.max(crate::agent::wait_limit() / 2)
+}
 /// Time containerd gets to respond to `Version` after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline of each `Version` probe while containerd starts.
@@ -238,7 +246,7 @@ async fn wait_until_ready(teardown: &mut Teardown) -> Result<CriClient> {
             && let Ok(probe) = CriClient::connect(&teardown.socket, PROBE_TIMEOUT).await
         {
             match probe.version().await {
-                Ok(_) => return Ok(CriClient::connect(&teardown.socket, CRI_TIMEOUT).await?),
+                Ok(_) => return Ok(CriClient::connect(&teardown.socket, cri_timeout()).await?),
                 // containerd serves its socket even when the CRI plugin failed to load.
                 Err(CriError::Rpc { status, .. })
                     if status.code() == tonic::Code::Unimplemented =>

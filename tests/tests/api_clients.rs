@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::fd::AsRawFd as _,
     os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
     path::Path,
     process::Command,
@@ -16,7 +17,7 @@ use parapet::api::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, WRITE_TIMEOUT};
 use parapet::api_admission::MAX_CLIENTS;
 use parapet_tests::{
     Containerd, Pod,
-    agent::{Agent, Tail, parapet_bin},
+    agent::{Agent, Tail, parapet_bin, wait_limit},
 };
 
 /// Most time `parapet status` may take while hostile clients are connected.
@@ -55,6 +56,30 @@ fn status_cli(binary: &Path, socket: &Path, uid: Option<u32>) -> Result<(bool, S
         String::from_utf8_lossy(&output.stderr)
     );
     Ok((output.status.success(), text, started.elapsed()))
+}
+
+/// Returns the start of what waits unread on `stream`, without reading it.
+fn peek_unread(stream: &UnixStream) -> Result<String> {
+    let mut buffer = [0u8; 4096];
+    // SAFETY: recv writes at most `buffer.len()` bytes into the live local
+    // buffer, and the descriptor stays open for the call.
+    let count = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if count < 0 {
+        let error = std::io::Error::last_os_error();
+        ensure!(
+            error.kind() == std::io::ErrorKind::WouldBlock,
+            "peeking at the API socket failed: {error}"
+        );
+        return Ok(String::new());
+    }
+    Ok(String::from_utf8_lossy(&buffer[..count as usize]).into_owned())
 }
 
 fn read_reply(stream: &mut UnixStream) -> Result<String> {
@@ -255,9 +280,26 @@ async fn follower_that_never_reads_is_dropped() -> Result<()> {
     let mut stuck = UnixStream::connect(&agent.api_socket)?;
     stuck.write_all(b"{\"follow\": {}}\n")?;
     let mut reader = Tail::start(&agent, &["--output", "json"])?;
-    // Both clients subscribe right after they connect; give them that moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both clients subscribe right after they connect. A connect that the
+    // policy denies, repeated until both followers have its event, shows
+    // that they did.
     let target_ip = target.ip.to_string();
+    let marker = "\"port\":4711";
+    let started = Instant::now();
+    loop {
+        client.exec(&["netprobe", "connect", "tcp", &target_ip, "4711"]).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if reader.output().contains(marker) && peek_unread(&stuck)?.contains(marker) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < wait_limit(),
+            "the followers got no event in {:?}; the stuck one has {:?} unread, tail printed:\n{}",
+            wait_limit(),
+            peek_unread(&stuck)?,
+            reader.output()
+        );
+    }
     let flood = client
         .exec(&["netprobe", "flood", "udp", &target_ip, "9000", "--count", "20000"])
         .await?;

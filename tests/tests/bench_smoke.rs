@@ -17,8 +17,8 @@ const REACTION_ROWS: [&str; 5] = [
 ];
 
 const EXACT_DENIAL_ROWS: [&str; 4] = [
-    "kernel counter off from refusals seen by",
-    "parapet_violations_total off from refusals seen by",
+    "kernel counter off from the refusals the flooding process saw",
+    "parapet_violations_total off from the refusals the flooding process saw",
     "refusals that tail neither printed nor was told of as missed or dropped",
     "drops reported to tail off from the parapet_events_lost_total increase by",
 ];

@@ -152,18 +152,44 @@ fn assert_counters_cover(agent: &Agent, log: &Path, from_line: usize, moment: &s
     Ok(())
 }
 
+/// Checks that no connect and no write of the attacker got through after
+/// line `enforced_from` of its log.
+fn assert_nothing_got_through(log: &Path, enforced_from: usize) -> Result<()> {
+    let (total, _) = outcomes(log, enforced_from)?;
+    println!("attempts since enforcement began: {total:?}");
+    assert_eq!(total.connects_through, 0, "a refused connect got through: {total:?}");
+    assert_eq!(total.writes_through, 0, "a write to the read-only root got through: {total:?}");
+    Ok(())
+}
+
+/// The server, the agent under the records policy, the attacker pod once
+/// enforced, and the attacker's log.
+struct Policed {
+    server: Pod,
+    agent: Agent,
+    attacker: Pod,
+    log: PathBuf,
+}
+
+/// Starts the server and the agent, then the attacker, and waits until the
+/// agent enforces the attacker's policy.
+async fn policed_attacker(containerd: &Containerd) -> Result<Policed> {
+    let server = Pod::run_command(containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
+    let mut agent = Agent::start(containerd, &[("records.yaml", &policy(server.ip))])?;
+    agent.wait_ready()?;
+    let command = attacker_command(&server.ip.to_string());
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let attacker = Pod::run_command(containerd, "attacker", "clinic", &[("app", "records")], &command).await?;
+    agent.wait_enforced(&attacker.container_id)?;
+    let log = container_log(containerd, &attacker)?;
+    Ok(Policed { server, agent, attacker, log })
+}
+
 #[tokio::test]
 async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     parapet_tests::skip_unless_testbed!(Ok(()));
     let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
-    let server = Pod::run_command(&containerd, "server", "clinic", &[("app", "server")], &SERVER_COMMAND).await?;
-    let mut agent = Agent::start(&containerd, &[("records.yaml", &policy(server.ip))])?;
-    agent.wait_ready()?;
-    let command = attacker_command(&server.ip.to_string());
-    let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    let attacker = Pod::run_command(&containerd, "attacker", "clinic", &[("app", "records")], &command).await?;
-    agent.wait_enforced(&attacker.container_id)?;
-    let log = container_log(&containerd, &attacker)?;
+    let Policed { server, mut agent, attacker, log } = policed_attacker(&containerd).await?;
     // Attempts from before the container was made read-only may succeed;
     // everything after the first refusal of each kind must not.
     let enforced_from = wait_for_refusals(&log, 0).await?;
@@ -237,10 +263,7 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("another agent uses this pin directory"), "{stderr}");
 
-    let (total, _) = outcomes(&log, enforced_from)?;
-    println!("attempts since enforcement began: {total:?}");
-    assert_eq!(total.connects_through, 0, "a refused connect got through: {total:?}");
-    assert_eq!(total.writes_through, 0, "a write to the read-only root got through: {total:?}");
+    assert_nothing_got_through(&log, enforced_from)?;
 
     // Once the agent is stopped, uninstall removes every pin, and the
     // socket programs leave the cgroup.
@@ -269,6 +292,75 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
         );
     }
 
+    attacker.remove().await?;
+    server.remove().await?;
+    containerd.cleanup().await?;
+    Ok(())
+}
+
+/// Returns the `maps-<layout>` folders pinned for `agent`.
+fn map_layouts(agent: &Agent) -> Result<Vec<String>> {
+    let mut layouts: Vec<String> = fs::read_dir(agent.pin_dir())?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("maps-"))
+        .collect();
+    layouts.sort();
+    Ok(layouts)
+}
+
+/// An upgrade to a build with other maps that crashes before its first
+/// pass over the workloads leaves maps without cgroup entries. The next
+/// start of that build must not adopt them and act at once: the older
+/// generation goes on enforcing until a first pass has filled new maps.
+#[tokio::test]
+async fn crashed_upgrade_leaves_no_gap() -> Result<()> {
+    parapet_tests::skip_unless_testbed!(Ok(()));
+    let containerd = Containerd::start(env!("CARGO_BIN_EXE_netprobe")).await?;
+    let Policed { server, mut agent, attacker, log } = policed_attacker(&containerd).await?;
+    let enforced_from = wait_for_refusals(&log, 0).await?;
+    agent.stop_keeping_pins()?;
+
+    // The running generation's maps get the name of another layout, as an
+    // older build would have pinned them.
+    let layouts = map_layouts(&agent)?;
+    assert_eq!(layouts.len(), 1, "{layouts:?}");
+    let layout = layouts[0].clone();
+    let older = "maps-0000000000000000";
+    fs::rename(agent.pin_dir().join(&layout), agent.pin_dir().join(older))?;
+
+    // The upgrade cannot reach the runtime, so its first pass never ends,
+    // and the test kills it as a crash would.
+    let no_runtime = agent.dir.join("no-runtime.sock");
+    agent.use_cri_socket(&no_runtime);
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_ready()?;
+    agent.kill_keeping_pins()?;
+    assert_eq!(map_layouts(&agent)?, vec![older.to_owned(), layout.clone()]);
+
+    // The next start, still without the runtime, must leave the older
+    // generation enforcing.
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_ready()?;
+    let (_, from_line) = outcomes(&log, 0)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (meanwhile, _) = outcomes(&log, from_line)?;
+    println!("attempts while the new start waits for its first pass: {meanwhile:?}");
+    assert_eq!(meanwhile.connects_through, 0, "a refused connect got through: {meanwhile:?}");
+    assert!(meanwhile.connects_refused > 0, "{meanwhile:?}");
+    agent.wait_for_log(&["do not use the maps pinned for this layout"])?;
+
+    // With the runtime back, a start acts after its first pass, and the
+    // older layout's maps go.
+    agent.stop_keeping_pins()?;
+    agent.use_cri_socket(containerd.socket());
+    agent.restart(&containerd, &parapet_bin()?)?;
+    agent.wait_for_log(&["unpinned the maps of another layout"])?;
+    wait_for_refusals(&log, outcomes(&log, 0)?.1).await?;
+    assert_eq!(map_layouts(&agent)?, vec![layout]);
+    assert_nothing_got_through(&log, enforced_from)?;
+
+    agent.stop()?;
     attacker.remove().await?;
     server.remove().await?;
     containerd.cleanup().await?;
@@ -334,10 +426,7 @@ async fn restart_after_many_reloads_finds_free_slots() -> Result<()> {
     println!("{adopted}");
     assert!(!adopted.contains("unreferenced_slots=0"), "{adopted}");
     wait_for_refusals(&log, outcomes(&log, 0)?.1).await?;
-    let (total, _) = outcomes(&log, enforced_from)?;
-    println!("attempts since enforcement began: {total:?}");
-    assert_eq!(total.connects_through, 0, "a refused connect got through: {total:?}");
-    assert_eq!(total.writes_through, 0, "a write to the read-only root got through: {total:?}");
+    assert_nothing_got_through(&log, enforced_from)?;
     agent.write_policy("idle-0.yaml", &idle_policy(0, RELOADS + 1))?;
     agent.wait_for_log(&["policy set reloaded"])?;
 

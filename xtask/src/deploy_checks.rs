@@ -40,7 +40,8 @@ const ALERT_JOB: &str = "parapet";
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub passed: u64,
-    pub failed: u64,
+    /// The checks that failed, each named `deploy: NAME`.
+    pub failed: Vec<String>,
 }
 
 impl Outcome {
@@ -53,7 +54,7 @@ impl Outcome {
             }
             Err(error) => {
                 println!("deploy: FAIL {name}: {error:#}");
-                self.failed += 1;
+                self.failed.push(format!("deploy: {name}"));
             }
         }
     }

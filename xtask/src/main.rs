@@ -59,7 +59,7 @@ enum Command {
     Bench {
         /// Rounds per measurement; each round measures every configuration.
         /// Default: parapet-bench's own (5).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         rounds: Option<usize>,
         /// Small counts and one round, for a smoke test.
         #[arg(long)]

@@ -4,9 +4,9 @@
 //! counts a crash as a failed test.
 //!
 //! The end-to-end tests share kernel state and a private containerd, so
-//! they run one at a time. A test that cannot run on this machine prints a
-//! line starting with `SKIPPED:` and returns; cargo counts it as passed, so
-//! this task counts those lines and reports them as skipped instead.
+//! they run one at a time. A test that cannot run on this machine prints
+//! `SKIPPED:` and returns. cargo counts it as passed, so this task counts
+//! those lines and reports them as skipped instead.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -56,7 +56,8 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
     }
     let status = child.wait().context("failed to wait for cargo test")?;
     summary.passed += deploy.passed;
-    summary.failed += deploy.failed;
+    summary.failed += deploy.failed.len() as u64;
+    summary.failed_names.extend(deploy.failed);
     // Each fuzz target counts as one test: passed when it ran its time
     // without a crash.
     match crate::fuzz::run_targets(crate::fuzz::TEST_SECONDS, &[]) {
@@ -66,12 +67,14 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
                     summary.passed += 1;
                 } else {
                     summary.failed += 1;
+                    summary.failed_names.push(format!("fuzz: {}", outcome.target));
                 }
             }
         }
         Err(error) => {
             println!("fuzz: FAILED to run: {error:#}");
             summary.failed += 1;
+            summary.failed_names.push("fuzz: failed to run".to_owned());
         }
     }
     // The LSM backend needs a kernel with BPF LSM active: the same tests
@@ -96,6 +99,11 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
         "summary: {passed} passed, {} failed, {} skipped",
         summary.failed, summary.skipped
     );
+    // The output of a whole run is long and CI may keep only its end, so
+    // the failures of the host part are named again here.
+    for name in &summary.failed_names {
+        println!("failed on the host: {name}");
+    }
     if !status.success() || summary.failed > 0 {
         bail!("tests failed");
     }
@@ -107,14 +115,41 @@ struct Summary {
     passed: u64,
     failed: u64,
     skipped: u64,
+    /// The tests, checks and fuzz targets that failed, by name.
+    failed_names: Vec<String>,
+    /// Whether the lines read follow a `failures:` line of libtest, which
+    /// starts either the output of the failed tests or the list of their
+    /// names.
+    in_failures_section: bool,
 }
 
 impl Summary {
-    /// Adds up cargo's `test result:` lines and the `SKIPPED:` lines.
+    /// Adds up cargo's `test result:` lines and the `SKIPPED:` lines, and
+    /// keeps the names libtest lists under `failures:`.
     fn read_line(&mut self, line: &str) {
-        if line.starts_with("SKIPPED:") {
+        // With `--nocapture`, a skip line usually follows libtest's
+        // `test NAME ... ` on the same line.
+        let skipped = line.starts_with("SKIPPED:")
+            || (line.starts_with("test ") && line.contains(" ... SKIPPED:"));
+        if skipped {
             self.skipped += 1;
             return;
+        }
+        if line == "failures:" {
+            self.in_failures_section = true;
+            return;
+        }
+        if self.in_failures_section {
+            match line.strip_prefix("    ") {
+                Some(name) if !name.is_empty() && !name.starts_with(' ') => {
+                    if !self.failed_names.iter().any(|known| known == name) {
+                        self.failed_names.push(name.to_owned());
+                    }
+                    return;
+                }
+                _ if line.is_empty() => return,
+                _ => self.in_failures_section = false,
+            }
         }
         let Some(rest) = line.strip_prefix("test result: ") else {
             return;
@@ -152,12 +187,47 @@ mod tests {
         for line in [
             "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
             "SKIPPED: not root",
+            "test read_only_root_refuses_with_eperm ... SKIPPED: read_only_root_refuses_with_eperm: bpf is not an active LSM",
             "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
         ] {
             summary.read_line(line);
         }
         assert_eq!(summary.passed, 6);
         assert_eq!(summary.failed, 2);
-        assert_eq!(summary.skipped, 1);
+        assert_eq!(summary.skipped, 2);
+    }
+
+    /// libtest's output without `--nocapture`: the first `failures:`
+    /// section contains the output of each test, the second the names.
+    /// With `--nocapture`, as `cargo xtask test` runs, the first is empty.
+    #[test]
+    fn summary_keeps_failed_test_names() {
+        let mut summary = Summary::default();
+        for line in [
+            "test b_fails ... FAILED",
+            "test m::c_fails ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- b_fails stdout ----",
+            "    weird",
+            "",
+            "thread 'b_fails' (19111) panicked at t.rs:2:47:",
+            "",
+            "failures:",
+            "    b_fails",
+            "    m::c_fails",
+            "    tests/src/lib.rs - (line 5)",
+            "",
+            "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            summary.read_line(line);
+        }
+        assert_eq!(
+            summary.failed_names,
+            ["b_fails", "m::c_fails", "tests/src/lib.rs - (line 5)"]
+        );
+        assert_eq!(summary.failed, 3);
     }
 }

@@ -35,7 +35,6 @@ pub fn boot(
     log: &Path,
     label: &str,
     deadline: Duration,
-    one_host_thread: bool,
 ) -> anyhow::Result<Boot> {
     let _ = fs::remove_file(log);
     let started = Instant::now();
@@ -44,14 +43,14 @@ pub fn boot(
     // number generator at boot. `-monitor none` keeps QEMU's monitor off
     // stdio, since the serial console goes to `log`.
     //
-    // With `one_host_thread`, both virtual CPUs take turns on one host
-    // thread (`thread=single`). With a thread each, QEMU 7.2's default, the
-    // 6.12 guest crashed with "Oops: int3" in `syscall_trace_enter` while
-    // the agent attached tracepoints: a CPU ran a breakpoint the kernel had
-    // already patched away. The 6.1 guest has not crashed this way.
-    let accel = if one_host_thread { "tcg,thread=single" } else { "tcg" };
+    // Both virtual CPUs take turns on one host thread (`thread=single`).
+    // With a thread each, QEMU 7.2's default, the 6.12 guest crashed with
+    // "Oops: int3" in `syscall_trace_enter` while the agent attached
+    // tracepoints: a CPU ran a breakpoint the kernel had already patched
+    // away. The 6.1 guest hung instead: both CPUs stuck for minutes
+    // (soft lockups) while the agent started next to `runc` or `netprobe`.
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", accel])
+        .args(["-accel", "tcg,thread=single"])
         .args(["-cpu", "max", "-smp", "2", "-m", "2048"])
         .args([
             "-nographic",

@@ -20,9 +20,6 @@ pub struct Series {
     pub name: &'static str,
     prefix: &'static str,
     suffix: &'static str,
-    /// Whether QEMU runs the guest's CPUs in turn on one host thread; see
-    /// `guest::boot`.
-    one_host_thread: bool,
 }
 
 impl Series {
@@ -42,13 +39,11 @@ pub const SERIES: [Series; 2] = [
         name: "6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64-unsigned",
-        one_host_thread: false,
     },
     Series {
         name: "6.12",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-cloud-amd64-unsigned",
-        one_host_thread: true,
     },
 ];
 
@@ -61,7 +56,6 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     /// `/lib/modules/<release>` inside the unpacked package.
     pub modules: PathBuf,
-    pub one_host_thread: bool,
 }
 
 /// Marks a completely unpacked package in the cache.
@@ -195,7 +189,6 @@ fn kernel_in(series: &Series, package: String, dir: &Path) -> anyhow::Result<Ker
     }
     Ok(Kernel {
         series: series.name,
-        one_host_thread: series.one_host_thread,
         package,
         modules: modules_root.join(&release),
         release,

@@ -187,8 +187,8 @@ impl Rows {
             write_per_cpu: rate("refused file opens per second of the policed process's CPU time", Target::None),
             connect_shares: Vec::new(),
             write_shares: Vec::new(),
-            kernel_exact: Row::new(GROUP, "kernel counter off from refusals seen by", "ops", Target::EveryRoundAtMost(0.0)),
-            metric_exact: Row::new(GROUP, "parapet_violations_total off from refusals seen by", "ops", Target::EveryRoundAtMost(0.0)),
+            kernel_exact: Row::new(GROUP, "kernel counter off from the refusals the flooding process saw", "ops", Target::EveryRoundAtMost(0.0)),
+            metric_exact: Row::new(GROUP, "parapet_violations_total off from the refusals the flooding process saw", "ops", Target::EveryRoundAtMost(0.0)),
             lossless: Row::new(GROUP, "highest paced rate tail receives without loss", "events/s", Target::AtLeast(2e5)),
             loss_begins: Row::new(GROUP, "lowest paced rate with loss", "events/s", Target::None),
             unaccounted: Row::new(

@@ -93,6 +93,8 @@ fn prepare_out(out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: parapet-bench [--rounds N] [--quick] [--out DIR] [--only GROUP]...";
+
 fn parse_options() -> Result<Options> {
     let mut options = Options { rounds: 5, out: PathBuf::from("target/bench"), only: Vec::new(), quick: false };
     let mut args = std::env::args().skip(1);
@@ -106,6 +108,10 @@ fn parse_options() -> Result<Options> {
                     .filter(|rounds| *rounds > 0)
                     .ok_or_else(|| anyhow::anyhow!("--rounds needs a whole number above 0, got {value:?}"))?;
             }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--quick" => options.quick = true,
             "--out" => match args.next() {
                 Some(out) if !out.is_empty() && !out.starts_with("--") => options.out = PathBuf::from(out),
@@ -118,7 +124,7 @@ fn parse_options() -> Result<Options> {
                 }
                 options.only.push(group);
             }
-            other => bail!("unknown argument {other:?}; usage: parapet-bench [--rounds N] [--quick] [--out DIR] [--only GROUP]..."),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     Ok(options)

@@ -206,9 +206,12 @@ async fn start_times(pod: &Pod, count: usize, server: IpAddr) -> Result<(Vec<f64
 
 fn rows(results: &[Round]) -> Vec<Row> {
     let mut tightened = Row::new(GROUP, "policy change → first refusal", "ms", Target::AtMost(50.0));
-    tightened.context = "from the rename into the policy directory to the first refused connect, timed in the pod; \
-                         an attempt every ~0.5 ms"
-        .to_owned();
+    tightened.context = format!(
+        "from the rename into the policy directory to the first refused connect, timed in the pod; \
+         an attempt every ~0.5 ms; {} ms of it is the agent waiting for the directory to be quiet, \
+         since a ConfigMap update comes as a burst of changes",
+        parapet::dir_events::SETTLE.as_millis()
+    );
     let mut loosened = Row::new(GROUP, "policy change → first allowed again", "ms", Target::None);
     loosened.context = "the same, for the rename that restores the allowing policy".to_owned();
     // The agent may stop a new container's first program until its policy

@@ -198,7 +198,8 @@ pub fn json(machine: &Machine, rows: &[Row]) -> Value {
         "cpu": machine.cpu,
         "cores": machine.cores,
         "memory_gib": machine.memory_gib,
-        "rounds": machine.rounds,
+        // A quick run's groups choose their own rounds, so none is named.
+        "rounds": (!machine.quick).then_some(machine.rounds),
         "quick": machine.quick,
         "bpf_stats": machine.bpf_stats,
         "rows": rows,
