@@ -23,10 +23,12 @@ use crate::teardown::Teardown;
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Returns the deadline of the harness's CRI calls: [`CRI_TIMEOUT`], or
-/// half of a raised [`crate::agent::wait_limit`]. In the 6.1 guest under
-/// emulation, one `RunPodSandbox` took longer than 30 s.
+/// [`crate::agent::wait_limit`] where that is raised above its default. In
+/// the 6.1 guest under emulation, one `RunPodSandbox` took longer than
+/// 30 s, and one `StartContainer` longer than 60 s.
 pub fn cri_timeout() -> Duration {
-    CRI_TIMEOUT.max(crate::agent::wait_limit() / 2)
+    let limit = crate::agent::wait_limit();
+    if limit > crate::agent::WAIT { limit } else { CRI_TIMEOUT }
 }
 /// Time containerd gets to respond to `Version` after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

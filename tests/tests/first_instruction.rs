@@ -169,17 +169,17 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
     let status = agent.status().await?;
     println!("held programs still waiting: {}", status.held.len());
 
-    // The agent sets a container up once the runtime lists it as running,
-    // which happens when its init process has passed the runtime's start
-    // barrier, not when that process has run its exec. On a slow node the
-    // exec can come after the set-up, and that program is not held.
+    // The agent sets a container up once the runtime lists it as running.
+    // That happens when runc's init process has passed its exec FIFO, not
+    // when it has run its exec, so on a slow machine (as in the emulated
+    // guests) the exec can come after the set-up, and nothing holds it.
     let held_ids = held_container_ids(&agent.log());
     let not_held: Vec<String> = started
         .iter()
         .filter(|(_, _, container_id, _)| !held_ids.contains(container_id.as_str()))
         .map(|(pod, _, _, name)| format!("{}/{name}", pod.name))
         .collect();
-    println!("programs that ran their exec after their container's set-up, so were not held: {not_held:?}");
+    println!("new containers not held (their exec probably came after the set-up): {not_held:?}");
     assert_eq!(writes_through, 0, "first writes that got through");
     assert_eq!(connects_through, 0, "first connects that got through");
     assert!(not_held.len() < started.len(), "no new container's program was held");
