@@ -170,7 +170,7 @@ pub fn run_and_count(selected: &[String], filters: &[String]) -> anyhow::Result<
             .map(|handle| handle.join().expect("the thread running a guest panicked"))
             .collect::<Vec<_>>()
     });
-    timings.push(("both guests, side by side".to_string(), started.elapsed()));
+    timings.push(("all guests, side by side".to_string(), started.elapsed()));
     let mut reports = Vec::new();
     for (kernel, boot, log) in boots {
         // A guest whose QEMU failed does not discard the other's results:
