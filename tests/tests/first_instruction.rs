@@ -172,7 +172,8 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
     // The agent sets a container up once the runtime lists it as running.
     // That happens when runc's init process has passed its exec FIFO, not
     // when it has run its exec, so on a slow machine (as in the emulated
-    // guests) the exec can come after the set-up, and nothing holds it.
+    // guests) the exec can come after the set-up, and the agent does not
+    // hold that program.
     let held_ids = held_container_ids(&agent.log());
     let not_held: Vec<String> = started
         .iter()
