@@ -22,13 +22,11 @@ use crate::teardown::Teardown;
 /// [`cri_timeout`] raises it.
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Returns the deadline of the harness's CRI calls: [`CRI_TIMEOUT`], or
-/// [`crate::agent::wait_limit`] where that is raised above its default. In
-/// the 6.1 guest under emulation, one `RunPodSandbox` took longer than
-/// 30 s, and one `StartContainer` longer than 60 s.
+/// Returns the deadline of the harness's CRI calls: [`CRI_TIMEOUT`], raised
+/// in the guests. In the 6.1 guest under emulation, one `RunPodSandbox`
+/// took longer than 30 s, and one `StartContainer` longer than 60 s.
 pub fn cri_timeout() -> Duration {
-    let limit = crate::agent::wait_limit();
-    if limit > crate::agent::WAIT { limit } else { CRI_TIMEOUT }
+    crate::agent::raised_limit(CRI_TIMEOUT)
 }
 /// Time containerd gets to respond to `Version` after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -261,9 +259,10 @@ async fn wait_until_ready(teardown: &mut Teardown) -> Result<CriClient> {
                 Err(_) => {}
             }
         }
-        if started.elapsed() > READY_TIMEOUT {
+        let ready_timeout = crate::agent::raised_limit(READY_TIMEOUT);
+        if started.elapsed() > ready_timeout {
             bail!(
-                "containerd did not respond on {} within {READY_TIMEOUT:?}:\n{}",
+                "containerd did not respond on {} within {ready_timeout:?}:\n{}",
                 teardown.socket.display(),
                 log_tail(&log)
             );

@@ -197,7 +197,7 @@ impl Pod {
     pub async fn exec(&self, cmd: &[&str]) -> Result<ExecOutput> {
         let (exit_code, stdout, stderr) = self
             .cri
-            .exec_sync(&self.container_id, cmd, EXEC_TIMEOUT)
+            .exec_sync(&self.container_id, cmd, crate::agent::raised_limit(EXEC_TIMEOUT))
             .await
             .with_context(|| {
                 format!(

@@ -81,7 +81,7 @@ impl Teardown {
             }
         }
         if let Some(cgroup) = &self.cgroup {
-            match cgroup.remove(CGROUP_PATIENCE) {
+            match cgroup.remove(crate::agent::raised_limit(CGROUP_PATIENCE)) {
                 Ok(remaining) => problems.extend(
                     remaining
                         .iter()
@@ -157,7 +157,7 @@ fn remove_pod_sandboxes(socket: &Path) -> Vec<String> {
             Err(error) => return vec![format!("failed to build a tokio runtime: {error}")],
         };
         runtime.block_on(async {
-            let cri = match CriClient::connect(&socket, CRI_TIMEOUT).await {
+            let cri = match CriClient::connect(&socket, crate::agent::raised_limit(CRI_TIMEOUT)).await {
                 Ok(cri) => cri,
                 Err(error) => return vec![error.to_string()],
             };
@@ -190,7 +190,7 @@ pub(crate) fn stop_process(child: &mut Child) -> Option<String> {
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) on the pid of a child that has not been reaped yet.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + TERM_GRACE;
+    let deadline = Instant::now() + crate::agent::raised_limit(TERM_GRACE);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return None;

@@ -133,7 +133,7 @@ async fn first_action_of_new_containers_is_policed() -> Result<()> {
     let mut writes_through = 0;
     let mut connects_through = 0;
     for (pod, kind, container_id, name) in &started {
-        let output = pod.wait_container_exit(container_id, name, EXIT_LIMIT).await?;
+        let output = pod.wait_container_exit(container_id, name, parapet_tests::agent::raised_limit(EXIT_LIMIT)).await?;
         let label = format!("{}/{name}", pod.name);
         let (refusals, through): (&[&str], &mut usize) = match *kind {
             "write" => (&["1", "30"], &mut writes_through),

@@ -97,7 +97,7 @@ async fn harness_smoke() -> Result<()> {
 /// Connects from `client` to the server port, retrying while the server pod
 /// may still be binding it.
 async fn connect_when_listening(client: &Pod, server_ip: &str) -> Result<ExecOutput> {
-    let deadline = Instant::now() + LISTEN_PATIENCE;
+    let deadline = Instant::now() + parapet_tests::agent::raised_limit(LISTEN_PATIENCE);
     loop {
         let output = client
             .exec(&["netprobe", "connect", "tcp", server_ip, LISTEN_PORT])

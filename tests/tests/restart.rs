@@ -200,6 +200,7 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     agent.kill_keeping_pins()?;
     let (_, kill_line) = outcomes(&log, enforced_from)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_refusals(&log, kill_line).await?;
     let (while_down, _) = outcomes(&log, kill_line)?;
     println!("attempts while no agent ran: {while_down:?}");
     assert!(while_down.connects_refused > 0, "{while_down:?}");
@@ -344,6 +345,7 @@ async fn crashed_upgrade_leaves_no_gap() -> Result<()> {
     agent.wait_ready()?;
     let (_, from_line) = outcomes(&log, 0)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_refusals(&log, from_line).await?;
     let (meanwhile, _) = outcomes(&log, from_line)?;
     println!("attempts while the new start waits for its first pass: {meanwhile:?}");
     assert_eq!(meanwhile.connects_through, 0, "a refused connect got through: {meanwhile:?}");

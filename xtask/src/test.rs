@@ -67,7 +67,9 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
                     summary.passed += 1;
                 } else {
                     summary.failed += 1;
-                    summary.failed_names.push(format!("fuzz: {}", outcome.target));
+                    summary
+                        .failed_names
+                        .push(format!("fuzz: {}", outcome.target));
                 }
             }
         }
@@ -87,11 +89,18 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
             for kernel in counts.broken_kernels {
                 println!("vm-test: the run on kernel {kernel} did not complete");
                 summary.failed += 1;
+                summary
+                    .guest_failures
+                    .push(format!("in the {kernel} guest: the run did not complete"));
             }
+            summary.guest_failures.extend(counts.failures);
         }
         Err(error) => {
             println!("vm-test: FAILED to run: {error:#}");
             summary.failed += 1;
+            summary
+                .guest_failures
+                .push(format!("in the guests: vm-test could not run: {error:#}"));
         }
     }
     let passed = summary.passed.saturating_sub(summary.skipped);
@@ -103,6 +112,9 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
     // the failures of the host part are named again here.
     for name in &summary.failed_names {
         println!("failed on the host: {name}");
+    }
+    for failure in &summary.guest_failures {
+        println!("failed {failure}");
     }
     if !status.success() || summary.failed > 0 {
         bail!("tests failed");
@@ -117,6 +129,8 @@ struct Summary {
     skipped: u64,
     /// The tests, checks and fuzz targets that failed, by name.
     failed_names: Vec<String>,
+    /// The guest tests that failed, each with its kernel and reason.
+    guest_failures: Vec<String>,
     /// Whether the lines read follow a `failures:` line of libtest, which
     /// starts either the output of the failed tests or the list of their
     /// names.

@@ -75,6 +75,9 @@ pub struct Counts {
     /// Kernels whose run failed for another reason than a failed test: the
     /// guest did not finish, or `bpf` was not an active LSM.
     pub broken_kernels: Vec<String>,
+    /// Each failed test with its kernel and reason, for the end of a long
+    /// output.
+    pub failures: Vec<String>,
 }
 
 /// Runs `cargo xtask vm-test` and fails when a test or a kernel failed.
@@ -84,6 +87,9 @@ pub fn run(selected: &[String], filters: &[String]) -> anyhow::Result<()> {
         "summary: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.skipped
     );
+    for failure in &counts.failures {
+        println!("failed {failure}");
+    }
     if counts.failed > 0 || !counts.broken_kernels.is_empty() {
         bail!("vm tests failed");
     }
@@ -207,6 +213,7 @@ fn print_results(
     timings: &[(String, Duration)],
 ) -> Counts {
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut failures = Vec::new();
     println!();
     for (kernel, report, log) in reports {
         let release = report
@@ -234,7 +241,7 @@ fn print_results(
             println!("  ERROR: the guest did not reach the end of /init");
         }
         if !report.crash.is_empty() {
-            println!("  the guest kernel crashed; its first crash lines:");
+            println!("  the guest kernel reported a crash or a lockup; its first lines:");
             for line in &report.crash {
                 println!("    {line}");
             }
@@ -247,7 +254,10 @@ fn print_results(
             let name = format!("{}::{}", test.binary, test.name);
             match &test.outcome {
                 Outcome::Passed => println!("  passed  {name}{seconds}"),
-                Outcome::Failed(reason) => println!("  FAILED  {name}{seconds}: {reason}"),
+                Outcome::Failed(reason) => {
+                    println!("  FAILED  {name}{seconds}: {reason}");
+                    failures.push(format!("in the {} guest: {name}: {reason}", kernel.series));
+                }
                 Outcome::Skipped(reason) => println!("  skipped {name}: {reason}"),
             }
         }
@@ -278,5 +288,6 @@ fn print_results(
         failed: failed as u64,
         skipped: skipped as u64,
         broken_kernels: Vec::new(),
+        failures,
     }
 }

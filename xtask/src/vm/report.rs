@@ -43,7 +43,8 @@ pub struct KernelReport {
     pub crash: Vec<String>,
 }
 
-/// Parts of the first line a Linux kernel prints when it oopses or panics.
+/// Parts of the first line a Linux kernel prints when it oopses, panics or
+/// finds a CPU in a soft lockup.
 const CRASH_STARTS: [&str; 4] = ["Oops:", "BUG:", "Kernel panic", "general protection fault"];
 /// Parts of the lines after it that name the process and the code address.
 const CRASH_DETAILS: [&str; 2] = ["RIP: 0010:", " Comm: "];
@@ -143,7 +144,23 @@ struct Running {
     ignored: bool,
     /// Guest uptime in seconds at the start.
     started: Option<f64>,
+    /// The first panic message or returned error of the test, a line each.
+    failure: Vec<String>,
+    /// Whether the lines read are still part of that message.
+    in_failure: bool,
 }
+
+/// Lines of a panic message or returned error a report keeps.
+const FAILURE_LINES_KEPT: usize = 6;
+/// Starts of the lines that follow such a message: the backtrace, its
+/// hint, libtest's verdict, and the agent log the harness prints.
+const FAILURE_ENDS: [&str; 5] = [
+    "stack backtrace:",
+    "Stack backtrace:",
+    "note: run with",
+    "FAILED",
+    "parapet-tests: agent log:",
+];
 
 impl Running {
     fn new(binary: &str, name: &str, started: Option<f64>) -> Self {
@@ -153,17 +170,20 @@ impl Running {
             skip_reason: None,
             ignored: false,
             started,
+            failure: Vec::new(),
+            in_failure: false,
         }
     }
 
     fn read_output(&mut self, line: &str) {
         let line = line.trim_start();
         // libtest prints `test NAME ... ` and then the test's own output on
-        // the same line, so a skip line can follow that prefix.
+        // the same line, so a skip line or an error can follow that prefix.
         let after_libtest = line
             .strip_prefix("test ")
             .and_then(|rest| rest.split_once(" ... "))
             .map_or(line, |(_, output)| output);
+        self.read_failure(after_libtest);
         if let Some(reason) = after_libtest.strip_prefix("SKIPPED:") {
             self.skip_reason
                 .get_or_insert_with(|| reason.trim().to_string());
@@ -172,13 +192,39 @@ impl Running {
         }
     }
 
+    /// Keeps the first panic message (`thread '...' panicked at` and the
+    /// lines after it) or the error a test returned (`Error:` and its
+    /// causes), up to the backtrace. `line` comes without libtest's
+    /// `test NAME ... ` prefix.
+    fn read_failure(&mut self, line: &str) {
+        let starts = line.contains("panicked at ") || line.starts_with("Error: ");
+        if self.failure.is_empty() && starts {
+            self.in_failure = true;
+        }
+        if !self.in_failure || line.is_empty() {
+            return;
+        }
+        let ends = FAILURE_ENDS.iter().any(|end| line.starts_with(end))
+            || self.failure.len() == FAILURE_LINES_KEPT;
+        if ends {
+            self.in_failure = false;
+        } else {
+            self.failure.push(line.to_string());
+        }
+    }
+
     fn finish(self, status: &str, ended: Option<f64>) -> TestResult {
+        let message = if self.failure.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", self.failure.join(" / "))
+        };
         let outcome = match (status, self.skip_reason) {
             ("0", Some(reason)) => Outcome::Skipped(reason),
             ("0", None) if self.ignored => Outcome::Skipped("marked #[ignore]".to_string()),
             ("0", None) => Outcome::Passed,
-            ("137", _) => Outcome::Failed("killed after the per-test time limit".to_string()),
-            (status, _) => Outcome::Failed(format!("exit status {status}")),
+            ("137", _) => Outcome::Failed(format!("killed after the per-test time limit{message}")),
+            (status, _) => Outcome::Failed(format!("exit status {status}{message}")),
         };
         TestResult {
             binary: self.binary,
@@ -221,9 +267,23 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out
 SKIPPED: require_lsm: containerd not found in PATH
 @@parapet-vm@@ end 7.00 0 backends require_lsm
 @@parapet-vm@@ start 6.00 harness_smoke harness_smoke
+test harness_smoke ... 
+thread 'harness_smoke' panicked at tests/tests/harness_smoke.rs:20:5:
+assertion failed: pod started
+stack backtrace:
+   0: std::panicking::begin_panic
+thread 'harness_smoke' panicked at tests/src/agent.rs:9:9:
+a second panic
 test harness_smoke ... FAILED
 @@parapet-vm@@ end 7.00 101 harness_smoke harness_smoke
 @@parapet-vm@@ start 6.00 harness_smoke slow
+test slow ... Error: failed to start pod clinic/server
+
+Caused by:
+    CRI StartContainer timed out after 60s
+
+Stack backtrace:
+   0: <anyhow::Error as core::convert::From<parapet::cri::CriError>>::from
 @@parapet-vm@@ end 7.00 137 harness_smoke slow
 @@parapet-vm@@ start 6.00 harness_smoke ignored_one
 test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out
@@ -246,8 +306,22 @@ test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out
             outcomes[1],
             &Outcome::Skipped("require_lsm: containerd not found in PATH".to_string())
         );
-        assert_eq!(outcomes[2], &Outcome::Failed("exit status 101".to_string()));
-        assert!(matches!(outcomes[3], Outcome::Failed(reason) if reason.contains("time limit")));
+        assert_eq!(
+            outcomes[2],
+            &Outcome::Failed(
+                "exit status 101; thread 'harness_smoke' panicked at \
+                 tests/tests/harness_smoke.rs:20:5: / assertion failed: pod started"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            outcomes[3],
+            &Outcome::Failed(
+                "killed after the per-test time limit; Error: failed to start pod \
+                 clinic/server / Caused by: / CRI StartContainer timed out after 60s"
+                    .to_string()
+            )
+        );
         assert_eq!(
             outcomes[4],
             &Outcome::Skipped("marked #[ignore]".to_string())
