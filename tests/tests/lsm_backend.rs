@@ -261,14 +261,17 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "an unknown kernel".to_owned(), |text| text.trim().to_owned())
 }
 
+/// Returns a shell command that waits for the file at `path` to have
+/// content, 15 s or the guests' longer limit at most, then prints it.
+fn cat_when_written(path: &str) -> String {
+    let tenths = parapet_tests::agent::raised_limit(std::time::Duration::from_secs(15)).as_secs() * 10;
+    format!("i=0; while [ ! -s {path} ] && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i+1)); done; cat {path}")
+}
+
 /// Triggers `netprobe held` in `pod` and returns its outcome per attempt.
 async fn held_outcomes(pod: &Pod) -> Result<HashMap<String, String>> {
     shell(pod, "touch /tmp/go-held").await?;
-    let output = shell(
-        pod,
-        "i=0; while [ ! -e /tmp/held-result ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/held-result",
-    )
-    .await?;
+    let output = shell(pod, &cat_when_written("/tmp/held-result")).await?;
     assert_eq!(output.exit_code, 0, "netprobe held wrote no result: {output:?}");
     let outcomes: HashMap<String, String> = output
         .stdout
@@ -470,7 +473,7 @@ async fn read_only_bypasses_refused() -> Result<()> {
 
     // The descriptors opened for writing before the policy arrived.
     shell(&db, "touch /tmp/go").await?;
-    let late = shell(&db, "sleep 1; cat /tmp/late-result").await?;
+    let late = shell(&db, &cat_when_written("/tmp/late-result")).await?;
     assert_eq!(late.stdout_trimmed(), "refused", "{late:?}");
     let held = held_outcomes(&db).await?;
     for (name, _) in HELD_ATTEMPTS {
@@ -659,7 +662,8 @@ async fn network_refused_with_eperm_caller_survives() -> Result<()> {
         assert!(is_eperm(&output), "{what}: {output:?}");
         assert!(output.stdout.ends_with("alive\n"), "{what}: {output:?}");
     }
-    let held = shell(&client, "touch /tmp/go-udp; sleep 1; cat /tmp/held-udp").await?;
+    shell(&client, "touch /tmp/go-udp").await?;
+    let held = shell(&client, &cat_when_written("/tmp/held-udp")).await?;
     assert!(held.stdout.starts_with("error errno=1 "), "send on a socket connected before the policy: {held:?}");
     for args in [
         vec!["connect", "tcp", &server_ip, "8081"],
@@ -713,7 +717,7 @@ async fn audit_mode_lets_mutations_through() -> Result<()> {
     // The descriptors opened before the policy arrived go first, while
     // `/data.txt` is still the file they hold.
     shell(&db, "touch /tmp/go").await?;
-    let late = shell(&db, "sleep 1; cat /tmp/late-result").await?;
+    let late = shell(&db, &cat_when_written("/tmp/late-result")).await?;
     assert_eq!(late.stdout_trimmed(), "wrote", "{late:?}");
     expect("file_permission", "/data.txt");
     let held = held_outcomes(&db).await?;
@@ -813,7 +817,8 @@ async fn require_lsm_starts_with_lsm_backend() -> Result<()> {
         .stderr(stderr)
         .spawn()?;
     let started = std::time::Instant::now();
-    while !api_socket.exists() && started.elapsed() < std::time::Duration::from_secs(120) {
+    let limit = parapet_tests::agent::raised_limit(std::time::Duration::from_secs(120));
+    while !api_socket.exists() && started.elapsed() < limit {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(dir.join("stderr.log"))?;
             panic!("the agent exited with {status} under --require-lsm:\n{log}");

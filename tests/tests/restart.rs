@@ -128,6 +128,23 @@ async fn wait_for_refusals(log: &Path, skip_lines: usize) -> Result<usize> {
     }
 }
 
+/// Waits until the attacker's log shows both refusals after `skip_lines`,
+/// or an attempt that got through, and returns the counts then.
+async fn wait_for_attempts(log: &Path, skip_lines: usize) -> Result<Outcomes> {
+    let started = std::time::Instant::now();
+    loop {
+        let (counts, _) = outcomes(log, skip_lines)?;
+        let refused = counts.connects_refused > 0 && counts.writes_refused > 0;
+        if refused || counts.connects_through + counts.writes_through > 0 {
+            return Ok(counts);
+        }
+        if started.elapsed() > parapet_tests::agent::wait_limit() {
+            bail!("the attacker made no attempt of each kind: {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Checks that the counters the agent exports now cover every refusal the
 /// attacker logged before the scrape.
 fn assert_counters_cover(agent: &Agent, log: &Path, from_line: usize, moment: &str) -> Result<()> {
@@ -200,8 +217,7 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     agent.kill_keeping_pins()?;
     let (_, kill_line) = outcomes(&log, enforced_from)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_for_refusals(&log, kill_line).await?;
-    let (while_down, _) = outcomes(&log, kill_line)?;
+    let while_down = wait_for_attempts(&log, kill_line).await?;
     println!("attempts while no agent ran: {while_down:?}");
     assert!(while_down.connects_refused > 0, "{while_down:?}");
     assert!(while_down.writes_refused > 0, "{while_down:?}");
@@ -210,6 +226,7 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     println!("links pinned while no agent runs: {links}");
     assert!(links > 0, "the links of the killed agent must stay pinned");
 
+    let restarted_at = parapet::reader::now_rfc3339();
     agent.restart(&containerd, &parapet_bin()?)?;
     agent.wait_ready()?;
     agent.wait_for_log(&["adopted the kernel state of the previous agent"])?;
@@ -224,12 +241,15 @@ async fn enforcement_survives_kill_restart_and_upgrade() -> Result<()> {
     println!("first event of the restarted agent: {replayed:?}");
     // The records wait in the ring buffer until the first pass has named
     // the workloads, so the rest may follow the first one by a moment.
+    // Only refusals decided before the restart count: event times are
+    // RFC 3339 with nanoseconds in UTC, so they compare as strings.
     let started = std::time::Instant::now();
     loop {
         let reported = agent
             .events()?
             .iter()
             .filter(|event| event.kind == Kind::Network && event.pod.as_deref() == Some("attacker"))
+            .filter(|event| event.time < restarted_at)
             .count() as u64;
         if reported >= while_down.connects_refused {
             break;
@@ -345,8 +365,7 @@ async fn crashed_upgrade_leaves_no_gap() -> Result<()> {
     agent.wait_ready()?;
     let (_, from_line) = outcomes(&log, 0)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_for_refusals(&log, from_line).await?;
-    let (meanwhile, _) = outcomes(&log, from_line)?;
+    let meanwhile = wait_for_attempts(&log, from_line).await?;
     println!("attempts while the new start waits for its first pass: {meanwhile:?}");
     assert_eq!(meanwhile.connects_through, 0, "a refused connect got through: {meanwhile:?}");
     assert!(meanwhile.connects_refused > 0, "{meanwhile:?}");

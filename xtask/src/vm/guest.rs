@@ -69,7 +69,9 @@ pub fn boot(
         .arg("-append")
         // `loglevel=5` keeps warnings on the console, so that a soft lockup
         // comes with the stack of the stuck CPU.
-        .arg(format!("console=ttyS0 lsm={LSM_LIST} panic=-1 quiet loglevel=5"))
+        .arg(format!(
+            "console=ttyS0 lsm={LSM_LIST} panic=-1 quiet loglevel=5"
+        ))
         .stdin(Stdio::null())
         .spawn()
         .context("failed to start qemu-system-x86_64 (cargo xtask setup installs it)")?;

@@ -200,11 +200,14 @@ pub fn run_and_count(selected: &[String], filters: &[String]) -> anyhow::Result<
     }
 
     let mut counts = print_results(&reports, &timings);
-    counts.broken_kernels = reports
-        .iter()
-        .filter(|(_, report, _)| !report.completed())
-        .map(|(kernel, _, _)| kernel.series.to_owned())
-        .collect();
+    for (kernel, report, _) in reports.iter().filter(|(_, report, _)| !report.completed()) {
+        counts.broken_kernels.push(kernel.series.to_owned());
+        counts.failures.push(format!(
+            "in the {} guest: the run did not complete: {}",
+            kernel.series,
+            report.incomplete_reasons().join("; ")
+        ));
+    }
     Ok(counts)
 }
 

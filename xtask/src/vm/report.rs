@@ -129,6 +129,19 @@ impl KernelReport {
         self.completed() && self.count(|outcome| matches!(outcome, Outcome::Failed(_))) == 0
     }
 
+    /// Returns why the run did not complete, a reason each.
+    pub fn incomplete_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.bpf_active() {
+            reasons.push("bpf is not an active LSM".to_string());
+        }
+        reasons.extend(self.errors.iter().cloned());
+        if !self.finished {
+            reasons.push("the guest did not reach the end of /init".to_string());
+        }
+        reasons
+    }
+
     pub fn bpf_active(&self) -> bool {
         self.lsm
             .as_deref()
@@ -197,6 +210,11 @@ impl Running {
     /// causes), up to the backtrace. `line` comes without libtest's
     /// `test NAME ... ` prefix.
     fn read_failure(&mut self, line: &str) {
+        // Kernel lines, such as a soft lockup report, start with the uptime
+        // in brackets and are not the test's.
+        if line.starts_with('[') {
+            return;
+        }
         let starts = line.contains("panicked at ") || line.starts_with("Error: ");
         if self.failure.is_empty() && starts {
             self.in_failure = true;
@@ -213,12 +231,17 @@ impl Running {
         }
     }
 
-    fn finish(self, status: &str, ended: Option<f64>) -> TestResult {
-        let message = if self.failure.is_empty() {
+    /// Returns the kept failure message, ready to follow a reason.
+    fn failure_message(&self) -> String {
+        if self.failure.is_empty() {
             String::new()
         } else {
             format!("; {}", self.failure.join(" / "))
-        };
+        }
+    }
+
+    fn finish(self, status: &str, ended: Option<f64>) -> TestResult {
+        let message = self.failure_message();
         let outcome = match (status, self.skip_reason) {
             ("0", Some(reason)) => Outcome::Skipped(reason),
             ("0", None) if self.ignored => Outcome::Skipped("marked #[ignore]".to_string()),
@@ -238,10 +261,11 @@ impl Running {
     }
 
     fn unfinished(self) -> TestResult {
+        let message = self.failure_message();
         TestResult {
             binary: self.binary,
             name: self.name,
-            outcome: Outcome::Failed("did not finish before the guest stopped".to_string()),
+            outcome: Outcome::Failed(format!("did not finish before the guest stopped{message}")),
             seconds: None,
         }
     }
@@ -269,6 +293,7 @@ SKIPPED: require_lsm: containerd not found in PATH
 @@parapet-vm@@ start 6.00 harness_smoke harness_smoke
 test harness_smoke ... 
 thread 'harness_smoke' panicked at tests/tests/harness_smoke.rs:20:5:
+[  140.617545] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [containerd:1647]
 assertion failed: pod started
 stack backtrace:
    0: std::panicking::begin_panic
@@ -339,6 +364,12 @@ test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out
         assert!(!report.finished);
         assert_eq!(report.errors.len(), 1);
         assert!(!report.succeeded());
+        assert_eq!(
+            report.incomplete_reasons().len(),
+            3,
+            "{:?}",
+            report.incomplete_reasons()
+        );
 
         let console = "\
 @@parapet-vm@@ start 6.00 backends hangs
